@@ -1,0 +1,1 @@
+"""The HTTP and websocket API (an ASGI app built on Starlette)."""

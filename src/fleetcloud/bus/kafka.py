@@ -1,0 +1,403 @@
+"""The Kafka bus: the store's outbox is relayed to Kafka, and consumers read from Kafka.
+
+Producers never talk to Kafka. A **relay** task reads outbox rows in id order, produces
+each event to topic ``event.topic`` with key ``event.key`` and the JSON of
+``event.value``, waits for the broker's acknowledgements and only then deletes the rows it
+relayed. It wakes when the store commits events and polls every second for rows other
+processes wrote. If Kafka is down it retries with backoff; rows stay in the outbox until
+they are acknowledged, so nothing is lost, but a row may be produced twice (after a
+failure between the acks and the delete): delivery is at-least-once.
+
+With PostgreSQL several processes may run a relay; each pass holds a session advisory
+lock (``pg_try_advisory_lock``), so one relays while the others skip.
+
+Subscribers are ``AIOKafkaConsumer`` instances. An anonymous one (``group=None``) has no
+group id, starts at the end of every partition and sees only what is published after
+``subscribe`` returns. A named group commits explicitly (``commit`` records what
+``next_batch`` returned); a brand-new group starts at the end of the log unless
+``from_beginning``, and that starting point is committed at once, so a group that
+re-subscribes before its first ``commit`` misses nothing published after it first did.
+
+Events for one key keep their order: the relay produces rows in id order and Kafka keeps
+one key on one partition. Topics are created on demand (``partitions`` each).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Iterable, Sequence
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError
+
+from fleetcloud.bus.base import Bus, Subscription
+from fleetcloud.core.errors import BusError
+from fleetcloud.core.types import Event
+from fleetcloud.store import outbox
+from fleetcloud.store.base import Store
+from fleetcloud.store.ops import Execute, Fetch, Work, placeholders
+
+log = logging.getLogger("fleetcloud.bus.kafka")
+
+RELAY_GROUP = "kafka-relay"  # the name lag() reports the relay backlog under
+RELAY_LOCK = 7_301_002  # pg_try_advisory_lock key: one relaying process at a time
+RELAY_CHUNK = 500  # outbox rows per relay pass
+POLL_INTERVAL = 1.0  # seconds between relay passes when no local commit wakes it
+BACKOFF_MIN = 0.1
+BACKOFF_MAX = 5.0
+FINAL_DRAIN_TIMEOUT = 5.0
+DELETE_CHUNK = 500
+MAX_RECORDS = 5_000  # events per next_batch at most
+WAIT_SLICE_MS = 1_000  # next_batch(None) waits in slices this long
+
+TOPIC_ALREADY_EXISTS = 36  # the Kafka protocol's TOPIC_ALREADY_EXISTS error code
+
+PRODUCER_OPTIONS: dict[str, Any] = {
+    "acks": "all",
+    "linger_ms": 5,
+    "enable_idempotence": False,  # tansu (the test broker) has no idempotent producer
+    "request_timeout_ms": 10_000,
+}
+CONSUMER_OPTIONS: dict[str, Any] = {
+    "enable_auto_commit": False,
+    "fetch_max_wait_ms": 10,
+    "session_timeout_ms": 6_000,
+    "heartbeat_interval_ms": 1_000,
+    "rebalance_timeout_ms": 6_000,
+    "max_poll_interval_ms": 300_000,
+    "request_timeout_ms": 10_000,
+}
+
+
+def _bus_error(action: str, exc: BaseException) -> BusError:
+    return BusError(f"kafka: could not {action}: {exc!r}")
+
+
+def decode_record(record: Any) -> Event | None:
+    """The ``Event`` a consumer record carries, or None (logged) if it is not ours."""
+    try:
+        value = orjson.loads(record.value)
+        key = record.key.decode() if record.key is not None else ""
+    except (orjson.JSONDecodeError, UnicodeDecodeError, TypeError):
+        log.warning("skipping an undecodable record at %s[%d]@%d", *_where(record))
+        return None
+    if not isinstance(value, dict):
+        log.warning("skipping a non-object record at %s[%d]@%d", *_where(record))
+        return None
+    return Event(record.topic, key, value)
+
+
+def _where(record: Any) -> tuple[str, int, int]:
+    return str(record.topic), int(record.partition), int(record.offset)
+
+
+# ---------------------------------------------------------------- outbox work
+
+
+def delete_rows(ids: Sequence[int]) -> Work[int]:
+    """Delete exactly these outbox rows. Not ``delete_through``: with PostgreSQL, a row
+    with a lower id can commit after a higher one was read, and must survive."""
+    count = 0
+    for start in range(0, len(ids), DELETE_CHUNK):
+        chunk = ids[start : start + DELETE_CHUNK]
+        deleted: int = yield Execute(
+            f"DELETE FROM outbox WHERE id IN ({placeholders(len(chunk))})", chunk
+        )
+        count += deleted
+    return count
+
+
+def backlog() -> Work[int]:
+    rows = yield Fetch("SELECT count(*) FROM outbox")
+    return int(rows[0][0] or 0)
+
+
+# ---------------------------------------------------------------- subscriptions
+
+
+class KafkaSubscription(Subscription):
+    def __init__(self, bus: KafkaBus, consumer: Any, group: str | None) -> None:
+        self.bus = bus
+        self.consumer = consumer
+        self.group = group
+        self.pending: dict[Any, int] = {}  # partition -> offset after the last one returned
+        self.closed = False
+
+    async def next_batch(self, timeout: float | None = None) -> list[Event]:
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while not self.closed:
+            remaining = WAIT_SLICE_MS if deadline is None else (deadline - loop.time()) * 1000
+            batch = await self._fetch(max(int(remaining), 0))
+            if batch or (deadline is not None and loop.time() >= deadline):
+                return batch
+        return []
+
+    async def _fetch(self, timeout_ms: int) -> list[Event]:
+        try:
+            records = await self.consumer.getmany(timeout_ms=timeout_ms, max_records=MAX_RECORDS)
+        except KafkaError as exc:
+            raise _bus_error("fetch", exc) from exc
+        events: list[Event] = []
+        for partition, batch in records.items():
+            if not batch:
+                continue
+            self.pending[partition] = batch[-1].offset + 1
+            events.extend(e for e in map(decode_record, batch) if e is not None)
+        return events
+
+    async def commit(self) -> None:
+        if self.group is None or not self.pending:
+            return
+        offsets, self.pending = self.pending, {}
+        try:
+            await self.consumer.commit(offsets)
+        except KafkaError as exc:
+            for partition, offset in offsets.items():  # keep them for the next attempt
+                self.pending.setdefault(partition, offset)
+            raise _bus_error(f"commit for group {self.group!r}", exc) from exc
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.bus.subscriptions.discard(self)
+        try:
+            await self.consumer.stop()
+        except KafkaError as exc:
+            log.warning("could not stop a consumer cleanly: %r", exc)
+
+
+# ---------------------------------------------------------------- the bus
+
+
+class KafkaBus(Bus):
+    name = "kafka"
+
+    def __init__(self, store: Store, bootstrap_servers: str, *, partitions: int = 8) -> None:
+        super().__init__(store)
+        self.bootstrap_servers = bootstrap_servers
+        self.partitions = partitions
+        self.subscriptions: set[KafkaSubscription] = set()
+        self._producer: Any = None
+        self._admin: Any = None
+        self._relay: asyncio.Task[None] | None = None
+        self._wakeup = asyncio.Event()
+        self._known_topics: set[str] = set()
+        self._topics_lock = asyncio.Lock()
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Connect the producer and start the relay. Raises ``BusError`` if Kafka cannot
+        be reached now; later outages are retried by the relay."""
+        if self._relay is not None:
+            return
+        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap_servers, **PRODUCER_OPTIONS)
+        try:
+            await producer.start()
+        except KafkaError as exc:
+            await producer.stop()
+            raise _bus_error(f"connect to {self.bootstrap_servers}", exc) from exc
+        self._producer = producer
+        self.store.add_commit_listener(self._on_commit)
+        self._wakeup.set()  # relay what is already waiting
+        self._relay = asyncio.get_running_loop().create_task(self._relay_loop(), name="kafka-relay")
+
+    async def close(self) -> None:
+        self.store.remove_commit_listener(self._on_commit)
+        await self._stop_relay()
+        for subscription in list(self.subscriptions):
+            await subscription.close()
+        await self._stop_clients()
+
+    async def _stop_relay(self) -> None:
+        if self._relay is None:
+            return
+        self._relay.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._relay
+        self._relay = None
+        try:
+            await asyncio.wait_for(self.drain(), FINAL_DRAIN_TIMEOUT)
+        except Exception as exc:  # the rows stay in the outbox for the next start
+            log.warning("kafka relay: final drain failed: %r", exc)
+
+    async def _stop_clients(self) -> None:
+        producer, self._producer = self._producer, None
+        admin, self._admin = self._admin, None
+        try:
+            if producer is not None:
+                await producer.stop()
+            if admin is not None:
+                await admin.close()
+        except KafkaError as exc:
+            log.warning("could not disconnect from kafka cleanly: %r", exc)
+
+    # ------------------------------------------------------------ the relay
+
+    def _on_commit(self, position: int, events: Sequence[Event]) -> None:
+        self._wakeup.set()
+
+    async def _relay_loop(self) -> None:
+        backoff = BACKOFF_MIN
+        while True:
+            self._wakeup.clear()
+            try:
+                await self.drain()
+            except Exception as exc:
+                log.warning("kafka relay failed (retrying in %.1fs): %r", backoff, exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+                continue
+            backoff = BACKOFF_MIN
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), POLL_INTERVAL)
+
+    async def drain(self) -> int:
+        """Relay outbox rows until none are left (or another process holds the relay
+        lock); returns how many rows this call relayed."""
+        relayed = 0
+        while True:
+            async with self._relay_lock() as held:
+                if not held:
+                    return relayed
+                count = await self._relay_pass()
+            relayed += count
+            if count < RELAY_CHUNK:
+                return relayed
+
+    async def _relay_pass(self) -> int:
+        rows = await self.store.read(outbox.read_after(0, RELAY_CHUNK))
+        if not rows:
+            return 0
+        await self.ensure_topics({event.topic for _, events in rows for event in events})
+        await self._produce([event for _, events in rows for event in events])
+        await self.store.write(delete_rows([row_id for row_id, _ in rows]))
+        return len(rows)
+
+    async def _produce(self, events: Sequence[Event]) -> None:
+        if self._producer is None:
+            raise BusError("kafka: the bus is not started")
+        try:
+            futures = [
+                await self._producer.send(
+                    event.topic, orjson.dumps(event.value), key=event.key.encode()
+                )
+                for event in events
+            ]
+            await asyncio.gather(*futures)
+        except KafkaError as exc:
+            raise _bus_error("produce", exc) from exc
+
+    @contextlib.asynccontextmanager
+    async def _relay_lock(self) -> AsyncIterator[bool]:
+        """Whether this process may relay now: always with SQLite (one process owns the
+        file); with PostgreSQL, while it holds the relay advisory lock."""
+        from fleetcloud.store.postgres import PostgresStore
+
+        if not isinstance(self.store, PostgresStore) or self.store._pool is None:
+            yield True
+            return
+        async with self.store._pool.acquire() as conn:
+            held = bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK))
+            try:
+                yield held
+            finally:
+                if held:
+                    await conn.execute("SELECT pg_advisory_unlock($1)", RELAY_LOCK)
+
+    # ------------------------------------------------------------ topics
+
+    async def ensure_topics(self, topics: Iterable[str]) -> None:
+        """Create the topics that do not exist yet (``self.partitions`` partitions each)."""
+        missing = set(topics) - self._known_topics
+        if not missing:
+            return
+        async with self._topics_lock:
+            try:
+                await self._create_topics(missing - self._known_topics)
+            except KafkaError as exc:
+                raise _bus_error(f"create topics {sorted(missing)}", exc) from exc
+
+    async def _create_topics(self, topics: set[str]) -> None:
+        if not topics:
+            return
+        admin = await self._admin_client()
+        existing = set(await admin.list_topics())
+        wanted = sorted(topics - existing)
+        if wanted:
+            new = [NewTopic(topic, self.partitions, 1) for topic in wanted]
+            response = await admin.create_topics(new)
+            _check_created(response)
+        self._known_topics.update(topics)
+
+    async def _admin_client(self) -> Any:
+        if self._admin is None:
+            admin = AIOKafkaAdminClient(
+                bootstrap_servers=self.bootstrap_servers, request_timeout_ms=10_000
+            )
+            try:
+                await admin.start()
+            except KafkaError:
+                await admin.close()
+                raise
+            self._admin = admin
+        return self._admin
+
+    # ------------------------------------------------------------ consuming
+
+    async def subscribe(
+        self, topics: Sequence[str], group: str | None = None, *, from_beginning: bool = False
+    ) -> Subscription:
+        await self.ensure_topics(topics)
+        reset = "earliest" if group is not None and from_beginning else "latest"
+        consumer = AIOKafkaConsumer(
+            *topics,
+            bootstrap_servers=self.bootstrap_servers,
+            group_id=group,
+            auto_offset_reset=reset,
+            **CONSUMER_OPTIONS,
+        )
+        try:
+            await consumer.start()
+            await _pin_positions(consumer, group)
+        except KafkaError as exc:
+            await consumer.stop()
+            raise _bus_error(f"subscribe to {list(topics)}", exc) from exc
+        except BaseException:
+            await consumer.stop()
+            raise
+        subscription = KafkaSubscription(self, consumer, group)
+        self.subscriptions.add(subscription)
+        return subscription
+
+    async def lag(self) -> dict[str, int]:
+        """The relay backlog: outbox rows not yet acknowledged by Kafka. (Consumer group
+        lag lives in Kafka; read it with Kafka's own tools.)"""
+        return {RELAY_GROUP: await self.store.read(backlog())}
+
+
+async def _pin_positions(consumer: Any, group: str | None) -> None:
+    """Resolve every assigned partition's position now, so that what is published after
+    ``subscribe`` returns is seen; a new group also commits that starting point."""
+    starting: dict[Any, int] = {}
+    for partition in consumer.assignment():
+        position = await consumer.position(partition)
+        if group is not None and await consumer.committed(partition) is None:
+            starting[partition] = position
+    if starting:
+        await consumer.commit(starting)
+
+
+def _check_created(response: Any) -> None:
+    for topic, code, *rest in response.topic_errors:
+        if code not in (0, TOPIC_ALREADY_EXISTS):
+            message = rest[0] if rest else ""
+            raise BusError(f"kafka: could not create topic {topic!r}: error {code} {message}")
+

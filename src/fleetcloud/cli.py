@@ -1,0 +1,245 @@
+"""The ``fleetcloud`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import click
+
+from fleetcloud import __version__
+from fleetcloud.core import jsonish
+from fleetcloud.core.errors import FleetError
+from fleetcloud.settings import DEFAULT_DATABASE, Settings
+
+T = TypeVar("T")
+
+DATABASE_HELP = "sqlite:///FILE or postgresql://USER@HOST:PORT/DB [env FLEETCLOUD_DATABASE_URL]"
+
+
+def run(coroutine: Awaitable[T]) -> T:
+    async def wrapped() -> T:
+        return await coroutine
+
+    try:
+        return asyncio.run(wrapped())
+    except FleetError as exc:
+        raise click.ClickException(exc.message) from exc
+
+
+def database_option(function: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--database",
+        envvar="FLEETCLOUD_DATABASE_URL",
+        default=DEFAULT_DATABASE,
+        show_default=True,
+        help=DATABASE_HELP,
+    )(function)
+
+
+def emit(value: Any, as_json: bool, text: str) -> None:
+    click.echo(jsonish.dumps_str(value) if as_json else text)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="fleetcloud")
+def main() -> None:
+    """fleetcloud: a self-hosted IoT device cloud.
+
+    Run the platform with `fleetcloud serve`; manage organisations and devices with
+    `fleetcloud org` and `fleetcloud device`; talk to a running server with
+    `fleetcloud publish` and `fleetcloud channels`.
+    """
+
+
+# ---------------------------------------------------------------- serve
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, envvar="FLEETCLOUD_HOST")
+@click.option("--port", default=8000, show_default=True, type=int, envvar="FLEETCLOUD_PORT")
+@database_option
+@click.option(
+    "--bus",
+    "bus_url",
+    envvar="FLEETCLOUD_BUS_URL",
+    default="memory",
+    show_default=True,
+    help="memory (in-process, durable through the database) or kafka://HOST:PORT",
+)
+@click.option(
+    "--demo/--no-demo",
+    default=None,
+    help="Create a demo organisation with simulated devices [default: on a new database]",
+)
+@click.option("--log-format", type=click.Choice(["json", "text"]), default="text")
+@click.option("--log-level", default="info", show_default=True)
+def serve(
+    host: str,
+    port: int,
+    database: str,
+    bus_url: str,
+    demo: bool | None,
+    log_format: str,
+    log_level: str,
+) -> None:
+    """Run the platform: HTTP API, websocket gateway and event bus, in one process."""
+    import uvicorn
+
+    from fleetcloud import logs
+    from fleetcloud.api.app import Service, create_app
+    from fleetcloud.demo import running
+    from fleetcloud.platform import Platform
+
+    settings = Settings(database_url=database, bus_url=bus_url, host=host, port=port)
+    logs.configure(log_level, log_format)
+    platform = Platform.from_settings(settings)
+    if demo is None:
+        demo = is_new_database(database)
+    url = f"http://{host}:{port}"
+    services: list[Service] = [functools.partial(running, url=url)] if demo else []
+    app = create_app(platform, services=services)
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level=log_level.lower(), access_log=False, log_config=None
+    )
+    uvicorn.Server(config).run()
+
+
+def is_new_database(url: str) -> bool:
+    if url.startswith("sqlite://"):
+        path = url.removeprefix("sqlite://").removeprefix("/")
+        return not os.path.exists(path)
+    return not url.startswith(("postgres://", "postgresql://")) and not os.path.exists(url)
+
+
+# ---------------------------------------------------------------- org and device
+
+
+@main.group()
+def org() -> None:
+    """Organisations (tenants)."""
+
+
+@org.command("create")
+@click.argument("name")
+@database_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts")
+def org_create(name: str, database: str, as_json: bool) -> None:
+    """Create an organisation and print an admin token for it."""
+    from fleetcloud.core.types import Principal, Role
+    from fleetcloud.store import open_store
+
+    async def create() -> dict[str, Any]:
+        async with open_store(database) as store:
+            organisation = await store.create_organisation(name)
+            principal = Principal(organisation.agent_id, organisation.id, Role.ADMIN)
+            token = await store.create_token(principal, label="cli")
+        return {
+            "organisation_id": str(organisation.id),
+            "agent_id": str(organisation.agent_id),
+            "token": token,
+        }
+
+    result = run(create())
+    text = (
+        f"organisation {name}: {result['organisation_id']}\n"
+        f"admin token (shown once): {result['token']}"
+    )
+    emit(result, as_json, text)
+
+
+@main.group()
+def device() -> None:
+    """Devices of an organisation."""
+
+
+@device.command("create")
+@click.argument("name")
+@click.option("--org", "organisation_id", required=True, type=int, help="Organisation id")
+@database_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts")
+def device_create(name: str, organisation_id: int, database: str, as_json: bool) -> None:
+    """Create a device agent and print its token."""
+    from fleetcloud.core.types import AgentKind, Principal, Role
+    from fleetcloud.store import open_store
+
+    async def create() -> dict[str, Any]:
+        async with open_store(database) as store:
+            agent = await store.create_agent(organisation_id, AgentKind.DEVICE, name)
+            principal = Principal(agent.id, organisation_id, Role.DEVICE)
+            token = await store.create_token(principal, label="cli")
+        return {"agent_id": str(agent.id), "token": token}
+
+    result = run(create())
+    emit(
+        result,
+        as_json,
+        f"device {name}: {result['agent_id']}\ntoken (shown once): {result['token']}",
+    )
+
+
+# ---------------------------------------------------------------- client commands
+
+
+def client_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    function = click.option(
+        "--url",
+        envvar="FLEETCLOUD_URL",
+        default="http://127.0.0.1:8000",
+        show_default=True,
+        help="The server [env FLEETCLOUD_URL]",
+    )(function)
+    return click.option(
+        "--token",
+        envvar="FLEETCLOUD_TOKEN",
+        required=True,
+        help="Bearer token [env FLEETCLOUD_TOKEN]",
+    )(function)
+
+
+@main.command()
+@click.argument("agent_id")
+@click.argument("channel")
+@click.argument("data")
+@client_options
+def publish(agent_id: str, channel: str, data: str, url: str, token: str) -> None:
+    """Publish DATA (a JSON document) to CHANNEL of agent AGENT_ID on a running server."""
+    from fleetcloud.client import Client
+
+    try:
+        payload = jsonish.loads(data)
+    except ValueError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc}", param_hint="DATA") from exc
+    with Client(url, token) as client:
+        message = client.publish(agent_id, channel, payload)
+    click.echo(jsonish.dumps_str(message))
+
+
+@main.command()
+@click.argument("agent_id")
+@client_options
+@click.option("--tail", is_flag=True, help="Then follow new messages and aggregate updates live")
+@click.option("--channel", "only", multiple=True, help="Only these channels (repeatable)")
+def channels(agent_id: str, url: str, token: str, tail: bool, only: tuple[str, ...]) -> None:
+    """Show AGENT_ID's channels and their current aggregates (a channel viewer)."""
+    from fleetcloud.client import Client, tail_channels
+
+    with Client(url, token) as client:
+        found = [c for c in client.channels(agent_id) if not only or c["name"] in only]
+    for channel in found:
+        aggregate = channel.get("aggregate") or {}
+        click.echo(f"{channel['name']}: {jsonish.dumps_str(aggregate.get('data'))}")
+    if tail:
+        names = list(only) or [c["name"] for c in found]
+        try:
+            run(tail_channels(url, token, agent_id, names, click.echo))
+        except KeyboardInterrupt:
+            sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""The schema, as numbered migrations applied in order and recorded in ``schema_version``.
+
+Each migration is a list of statements per dialect. Types are chosen so that the same
+parameters work on both: ids are BIGINT, flags are INTEGER 0/1, JSON is TEXT.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    description: str
+    sqlite: tuple[str, ...]
+    postgres: tuple[str, ...]
+
+
+_COMMON_V1 = (
+    """CREATE TABLE organisations (
+        id BIGINT PRIMARY KEY,
+        name TEXT NOT NULL,
+        agent_id BIGINT NOT NULL,
+        created_ms BIGINT NOT NULL
+    )""",
+    """CREATE TABLE agents (
+        id BIGINT PRIMARY KEY,
+        organisation_id BIGINT NOT NULL,
+        kind TEXT NOT NULL,
+        name TEXT NOT NULL,
+        created_ms BIGINT NOT NULL
+    )""",
+    "CREATE INDEX agents_by_organisation ON agents (organisation_id, kind)",
+    """CREATE TABLE tokens (
+        hash TEXT PRIMARY KEY,
+        agent_id BIGINT NOT NULL,
+        organisation_id BIGINT NOT NULL,
+        role TEXT NOT NULL,
+        scopes TEXT,
+        label TEXT,
+        created_ms BIGINT NOT NULL,
+        expires_ms BIGINT
+    )""",
+    "CREATE INDEX tokens_by_agent ON tokens (agent_id)",
+    """CREATE TABLE channels (
+        id BIGINT PRIMARY KEY,
+        agent_id BIGINT NOT NULL,
+        name TEXT NOT NULL,
+        is_private INTEGER NOT NULL DEFAULT 0,
+        message_schema TEXT,
+        aggregate_schema TEXT,
+        aggregate TEXT,
+        aggregate_attachments TEXT,
+        last_updated BIGINT,
+        UNIQUE (agent_id, name)
+    )""",
+    """CREATE TABLE bus_offsets (
+        group_name TEXT PRIMARY KEY,
+        position BIGINT NOT NULL
+    )""",
+)
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "organisations, agents, tokens, channels, messages, outbox",
+        sqlite=(
+            *_COMMON_V1,
+            # Clustered by channel so that history reads are one range scan.
+            """CREATE TABLE messages (
+                channel_id BIGINT NOT NULL,
+                id BIGINT NOT NULL,
+                author_id BIGINT NOT NULL,
+                data TEXT NOT NULL,
+                attachments TEXT,
+                PRIMARY KEY (channel_id, id)
+            ) WITHOUT ROWID""",
+            """CREATE TABLE outbox (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                created_ms BIGINT NOT NULL,
+                payload BLOB NOT NULL
+            )""",
+        ),
+        postgres=(
+            *_COMMON_V1,
+            """CREATE TABLE messages (
+                channel_id BIGINT NOT NULL,
+                id BIGINT NOT NULL,
+                author_id BIGINT NOT NULL,
+                data TEXT NOT NULL,
+                attachments TEXT,
+                PRIMARY KEY (channel_id, id)
+            )""",
+            """CREATE TABLE outbox (
+                id BIGSERIAL PRIMARY KEY,
+                created_ms BIGINT NOT NULL,
+                payload BYTEA NOT NULL
+            )""",
+        ),
+    ),
+)
+
+VERSION_TABLE = """CREATE TABLE IF NOT EXISTS schema_version (
+    version INTEGER PRIMARY KEY,
+    description TEXT NOT NULL,
+    applied_ms BIGINT NOT NULL
+)"""
+
+LATEST_VERSION = MIGRATIONS[-1].version

@@ -1,0 +1,219 @@
+"""The repository suite: every test runs against SQLite and against PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from fleetcloud.core.errors import NotFound
+from fleetcloud.core.ids import timestamp_ms
+from fleetcloud.core.merge import merge_patch
+from fleetcloud.core.types import CHANNEL_EVENTS, AgentKind, Event, Principal, Role
+from fleetcloud.store import agents, outbox
+from fleetcloud.store import channels as repo
+from fleetcloud.store.base import Store
+from fleetcloud.store.channels import AggregateItem, PublishItem
+from fleetcloud.store.schema import LATEST_VERSION
+
+
+async def device(store: Store) -> tuple[int, int]:
+    organisation = await store.create_organisation("org")
+    agent = await store.create_agent(organisation.id, AgentKind.DEVICE, "pump")
+    return organisation.id, agent.id
+
+
+async def test_migrations_are_applied_once(store: Store, database_url: str) -> None:
+    assert await store.schema_version() == LATEST_VERSION
+    await store.close()
+    await store.start()  # a second start finds the schema current
+    assert await store.schema_version() == LATEST_VERSION
+
+
+async def test_tokens_are_stored_hashed_and_resolve_to_their_principal(store: Store) -> None:
+    organisation_id, agent_id = await device(store)
+    principal = Principal(agent_id, organisation_id, Role.DEVICE)
+    token = await store.create_token(principal)
+    assert await store.resolve_token(token) == principal
+    assert await store.resolve_token(token + "x") is None
+    from fleetcloud.store.ops import Fetch
+
+    async def stored() -> list[str]:
+        def work():  # type: ignore[no-untyped-def]
+            rows = yield Fetch("SELECT hash FROM tokens")
+            return [row[0] for row in rows]
+
+        return await store.read(work())
+
+    assert token not in await stored()
+    assert agents.hash_token(token) in await stored()
+
+
+async def test_expired_and_revoked_tokens_do_not_resolve(store: Store) -> None:
+    organisation_id, agent_id = await device(store)
+    principal = Principal(agent_id, organisation_id, Role.DEVICE)
+    expired = await store.create_token(principal, ttl_seconds=-1)
+    assert await store.resolve_token(expired) is None
+    live = await store.create_token(principal)
+    assert await store.write(agents.revoke_tokens(agent_id)) == 2
+    assert await store.resolve_token(live) is None
+
+
+async def test_agents_belong_to_one_organisation(store: Store) -> None:
+    organisation_id, agent_id = await device(store)
+    agent = await store.get_agent(agent_id)
+    assert agent is not None
+    assert agent.organisation_id == organisation_id
+    assert agent.kind is AgentKind.DEVICE
+    listed = await store.read(agents.list_agents(organisation_id, AgentKind.DEVICE))
+    assert [a.id for a in listed] == [agent_id]
+    with pytest.raises(NotFound):
+        await store.create_agent(12345, AgentKind.DEVICE, "orphan")
+
+
+async def test_publish_appends_history_and_folds_the_aggregate(store: Store) -> None:
+    _, agent_id = await device(store)
+    patches = [{"temp": 20, "nested": {"a": 1}}, {"humidity": 50}, {"nested": {"a": None, "b": 2}}]
+    for patch in patches:
+        await store.publish([PublishItem(agent_id, "sensors/climate/indoor", patch, agent_id)])
+    channel = await store.read(repo.require_channel(agent_id, "sensors/climate/indoor"))
+    history = await store.read(repo.list_messages(channel))
+    assert [m.data for m in reversed(history)] == patches  # newest first
+    expected = None
+    for patch in patches:
+        expected = merge_patch(expected, patch)
+    assert channel.aggregate == expected == {"temp": 20, "humidity": 50, "nested": {"b": 2}}
+
+
+async def test_publish_batch_spans_channels_and_keeps_order(store: Store) -> None:
+    _, agent_id = await device(store)
+    items = [PublishItem(agent_id, f"ch{i % 3}", {"n": i}, agent_id) for i in range(30)]
+    results = await store.publish(items)
+    assert all(r.success for r in results)
+    for name in ("ch0", "ch1", "ch2"):
+        channel = await store.read(repo.require_channel(agent_id, name))
+        history = await store.read(repo.list_messages(channel, limit=100))
+        numbers = [m.data["n"] for m in reversed(history)]
+        assert numbers == sorted(numbers)
+        assert channel.aggregate == {"n": numbers[-1]}
+
+
+async def test_message_ids_make_publishing_idempotent(store: Store) -> None:
+    _, agent_id = await device(store)
+    item = PublishItem(agent_id, "counter", {"inc": 1}, agent_id, message_id=4242424242)
+    first = await store.publish([item])
+    again = await store.publish([item, item])
+    assert first[0].message_id == again[0].message_id == again[1].message_id == 4242424242
+    channel = await store.read(repo.require_channel(agent_id, "counter"))
+    assert len(await store.read(repo.list_messages(channel))) == 1
+
+
+async def test_ts_sets_the_message_time_and_history_pages_by_id(store: Store) -> None:
+    _, agent_id = await device(store)
+    base = 1_700_000_000_000
+    items = [PublishItem(agent_id, "t", {"i": i}, agent_id, ts=base + i * 1000) for i in range(10)]
+    results = await store.publish(items)
+    ids = [r.message_id for r in results]
+    assert [timestamp_ms(i) for i in ids if i] == [base + i * 1000 for i in range(10)]
+    channel = await store.read(repo.require_channel(agent_id, "t"))
+    page = await store.read(repo.list_messages(channel, before=ids[6], after=ids[2], limit=10))
+    assert [m.data["i"] for m in page] == [5, 4, 3]
+    limited = await store.read(repo.list_messages(channel, limit=2))
+    assert [m.data["i"] for m in limited] == [9, 8]
+
+
+async def test_schema_violations_fail_only_their_item(store: Store) -> None:
+    _, agent_id = await device(store)
+    schema = {"type": "object", "properties": {"temp": {"type": "number"}}, "required": ["temp"]}
+    await store.write(repo.put_channel(agent_id, "strict", message_schema=schema))
+    results = await store.publish(
+        [
+            PublishItem(agent_id, "strict", {"temp": 1}, agent_id),
+            PublishItem(agent_id, "strict", {"temp": "hot"}, agent_id),
+            PublishItem(agent_id, "other", {"anything": True}, agent_id),
+        ]
+    )
+    assert [r.success for r in results] == [True, False, True]
+    assert results[1].status == 422
+    assert "temp" in (results[1].error or "")
+    channel = await store.read(repo.require_channel(agent_id, "strict"))
+    assert channel.aggregate == {"temp": 1}
+
+
+async def test_aggregate_patch_put_and_replace(store: Store) -> None:
+    _, agent_id = await device(store)
+    merge = AggregateItem(agent_id, "state", {"a": {"x": 1, "y": 2}, "b": 1})
+    await store.write(repo.update_aggregates([merge]))
+    replace_a = AggregateItem(agent_id, "state", {"a": {"z": 3}}, "merge", "a")
+    await store.write(repo.update_aggregates([replace_a]))
+    channel = await store.read(repo.require_channel(agent_id, "state"))
+    assert channel.aggregate == {"a": {"z": 3}, "b": 1}
+    put = AggregateItem(agent_id, "state", {"only": True}, "replace")
+    await store.write(repo.update_aggregates([put]))
+    channel = await store.read(repo.require_channel(agent_id, "state"))
+    assert channel.aggregate == {"only": True}
+    assert channel.last_updated is not None
+
+
+async def test_edit_and_delete_messages(store: Store) -> None:
+    _, agent_id = await device(store)
+    [result] = await store.publish([PublishItem(agent_id, "log", {"a": 1, "b": 2}, agent_id)])
+    assert result.message_id is not None
+    channel = await store.read(repo.require_channel(agent_id, "log"))
+    edited = await store.write(
+        repo.edit_message(channel, result.message_id, {"b": None, "c": 3}, merge=True)
+    )
+    assert edited.data == {"a": 1, "c": 3}
+    replaced = await store.write(repo.edit_message(channel, result.message_id, [1], merge=False))
+    assert replaced.data == [1]
+    await store.write(repo.delete_message(channel, result.message_id))
+    with pytest.raises(NotFound):
+        await store.read(repo.get_message(channel, result.message_id))
+
+
+async def test_events_are_written_to_the_outbox_with_the_data(store: Store) -> None:
+    _, agent_id = await device(store)
+    start = await store.read(outbox.last_position())
+    heard: list[tuple[int, list[Event]]] = []
+    store.add_commit_listener(lambda position, events: heard.append((position, list(events))))
+    await store.publish([PublishItem(agent_id, "c", {"v": i}, agent_id) for i in range(3)])
+    rows = await store.read(outbox.read_after(start))
+    assert len(rows) == 1
+    position, events = rows[0]
+    kinds = [e.value["t"] for e in events]
+    assert kinds == ["MessageCreate"] * 3 + ["AggregateUpdate"]
+    assert {e.key for e in events} == {str(agent_id)}
+    assert {e.topic for e in events} == {CHANNEL_EVENTS}
+    assert events[-1].value["d"]["aggregate"]["data"] == {"v": 2}
+    assert heard == [(position, events)]
+
+
+async def test_a_failing_unit_does_not_undo_the_others_in_its_group(store: Store) -> None:
+    _, agent_id = await device(store)
+
+    def failing():  # type: ignore[no-untyped-def]
+        yield from repo.put_channel(agent_id, "doomed")
+        raise NotFound("on purpose")
+
+    outcomes = await asyncio.gather(
+        store.publish([PublishItem(agent_id, "kept", {"ok": 1}, agent_id)]),
+        store.write(failing()),
+        store.publish([PublishItem(agent_id, "kept", {"ok": 2}, agent_id)]),
+        return_exceptions=True,
+    )
+    assert isinstance(outcomes[1], NotFound)
+    assert await store.read(repo.get_channel(agent_id, "doomed")) is None
+    kept = await store.read(repo.require_channel(agent_id, "kept"))
+    assert kept.aggregate == {"ok": 2}
+
+
+async def test_channel_settings(store: Store) -> None:
+    _, agent_id = await device(store)
+    channel, created = await store.write(repo.put_channel(agent_id, "secret", is_private=True))
+    assert created
+    assert channel.is_private
+    again, created_again = await store.write(repo.put_channel(agent_id, "secret"))
+    assert not created_again
+    assert again.is_private
+    names = [c.name for c in await store.read(repo.list_channels(agent_id))]
+    assert names == ["secret"]
