@@ -22,7 +22,7 @@ from fleetcloud.core.types import Event
 from fleetcloud.store import outbox
 from fleetcloud.store.base import Store
 from fleetcloud.store.ops import Execute, ExecuteMany, Fetch, Op, Work
-from fleetcloud.store.schema import MIGRATIONS, VERSION_TABLE
+from fleetcloud.store.schema import VERSION_TABLE, all_migrations
 
 T = TypeVar("T")
 log = logging.getLogger("fleetcloud.store.postgres")
@@ -131,9 +131,9 @@ class PostgresStore(Store):
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
             await conn.execute(VERSION_TABLE)
-            version = await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version")
-            for migration in MIGRATIONS:
-                if migration.version <= version:
+            applied = {row[0] for row in await conn.fetch("SELECT version FROM schema_version")}
+            for migration in all_migrations():
+                if migration.version in applied:
                     continue
                 for statement in migration.postgres:
                     await conn.execute(statement)

@@ -1,7 +1,12 @@
-"""The schema, as numbered migrations applied in order and recorded in ``schema_version``.
+"""The schema, as numbered migrations recorded in ``schema_version``.
 
 Each migration is a list of statements per dialect. Types are chosen so that the same
 parameters work on both: ids are BIGINT, flags are INTEGER 0/1, JSON is TEXT.
+
+Features own their tables: each keeps its migrations in its own package with a version
+range of its own (data plane 1-99, jobs 100-199, commands 200-299, apps 300-399), and
+they are listed in ``FEATURE_MIGRATIONS`` below. A start-up applies, in version order,
+every migration not yet recorded — so features can add tables independently.
 """
 
 from __future__ import annotations
@@ -101,10 +106,21 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
 )
 
+FEATURE_MIGRATIONS: tuple[Migration, ...] = ()
+
+
+def all_migrations() -> tuple[Migration, ...]:
+    found = (*MIGRATIONS, *FEATURE_MIGRATIONS)
+    versions = [m.version for m in found]
+    if len(set(versions)) != len(versions):
+        raise RuntimeError(f"two migrations share a version: {sorted(versions)}")
+    return tuple(sorted(found, key=lambda m: m.version))
+
+
 VERSION_TABLE = """CREATE TABLE IF NOT EXISTS schema_version (
     version INTEGER PRIMARY KEY,
     description TEXT NOT NULL,
     applied_ms BIGINT NOT NULL
 )"""
 
-LATEST_VERSION = MIGRATIONS[-1].version
+LATEST_VERSION = all_migrations()[-1].version

@@ -23,7 +23,7 @@ from fleetcloud.core.types import Event
 from fleetcloud.store import outbox
 from fleetcloud.store.base import Store
 from fleetcloud.store.ops import Execute, ExecuteMany, Fetch, Op, Work
-from fleetcloud.store.schema import MIGRATIONS, VERSION_TABLE
+from fleetcloud.store.schema import VERSION_TABLE, all_migrations
 
 T = TypeVar("T")
 log = logging.getLogger("fleetcloud.store.sqlite")
@@ -133,10 +133,9 @@ class SqliteStore(Store):
         conn = connect(self.path)
         try:
             conn.execute(VERSION_TABLE)
-            current = conn.execute("SELECT coalesce(max(version), 0) FROM schema_version")
-            version = current.fetchone()[0]
-            for migration in MIGRATIONS:
-                if migration.version <= version:
+            applied = {row[0] for row in conn.execute("SELECT version FROM schema_version")}
+            for migration in all_migrations():
+                if migration.version in applied:
                     continue
                 conn.execute("BEGIN IMMEDIATE")
                 for statement in migration.sqlite:
