@@ -12,9 +12,10 @@ from starlette.responses import Response
 
 from fleetcloud.api.auth import may_write
 from fleetcloud.api.channels import caller, parse_ts
-from fleetcloud.api.http import JSONResponse, read_object
+from fleetcloud.api.http import JSONResponse, is_digits, read_object
 from fleetcloud.core.errors import ApiError, BadRequest, Forbidden
 from fleetcloud.core.jsonish import to_id
+from fleetcloud.core.merge import split_path
 from fleetcloud.core.types import Principal
 from fleetcloud.platform import Platform
 from fleetcloud.store import channels as repo
@@ -49,7 +50,7 @@ def failure(raw: Any, exc: ApiError) -> PublishResult:
     fields = raw if isinstance(raw, dict) else {}
     agent_id, name = fields.get("agent_id"), fields.get("channel_name")
     return PublishResult(
-        int(str(agent_id)) if str(agent_id).isdigit() else None,
+        int(str(agent_id)) if is_digits(str(agent_id)) else None,
         name if isinstance(name, str) else None,
         error=exc.message,
         status=exc.status,
@@ -125,6 +126,8 @@ async def patch_aggregates(request: Request) -> Response:
             replace = raw.get("replace")
             if replace is not None and not isinstance(replace, str):
                 raise BadRequest("replace must be a dotted path string")
+            if replace is not None:
+                split_path(replace)  # a bad path fails this item, not the whole batch
             valid.append((index, AggregateItem(agent_id, name, raw["data"], "merge", replace)))
         except ApiError as exc:
             results[index] = failure(raw, exc)

@@ -14,13 +14,14 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
 from fleetcloud.api.auth import may_read, require_read, require_write
-from fleetcloud.api.http import JSONResponse, query_int, read_json, read_object
+from fleetcloud.api.http import JSONResponse, is_digits, query_int, read_json, read_object
 from fleetcloud.core.errors import ApiError, BadRequest, ValidationFailed
-from fleetcloud.core.ids import lowest_id_at
+from fleetcloud.core.ids import EPOCH_MS, lowest_id_at
 from fleetcloud.core.jsonish import to_id
 from fleetcloud.core.merge import pick
 from fleetcloud.core.schemas import check_schema
@@ -37,7 +38,7 @@ from fleetcloud.store.channels import (
 )
 
 MAX_PAGE = 1000
-MAX_TS_MS = 2**41 + 1_577_836_800_000
+MAX_TS_MS = 2**41 + EPOCH_MS
 
 
 def platform_of(request: Request) -> Platform:
@@ -63,8 +64,9 @@ def parse_target(raw_tail: str) -> Target:
         part, segments = "messages", segments[:-1]
     elif len(segments) > 2 and segments[-2] == "messages" and segments[-1] == "timeseries":
         part, segments = "timeseries", segments[:-2]
-    elif len(segments) > 2 and segments[-2] == "messages" and segments[-1].isdigit():
-        part, message_id, segments = "message", int(segments[-1]), segments[:-2]
+    elif len(segments) > 2 and segments[-2] == "messages" and is_digits(segments[-1]):
+        part, message_id = "message", to_id(segments[-1], "message id")
+        segments = segments[:-2]
     name = "/".join(unquote(segment) for segment in segments)
     if not name or any(not segment for segment in segments):
         raise BadRequest(f"{raw_tail!r} is not a valid channel path")
@@ -111,7 +113,11 @@ async def channel_path(request: Request) -> Response:
     target = parse_target(raw_tail(request))
     handler = HANDLERS.get((target.part, request.method))
     if handler is None:
-        raise BadRequest(f"{request.method} is not supported on a channel's {target.part}")
+        allowed = ", ".join(method for part, method in HANDLERS if part == target.part)
+        where = "a channel" if target.part == "channel" else f"a channel's {target.part}"
+        raise HTTPException(
+            405, f"{request.method} is not supported on {where}; use {allowed}", {"Allow": allowed}
+        )
     return await handler(request, platform, principal, agent, target)
 
 
@@ -130,7 +136,7 @@ async def put_channel(
 ) -> Response:
     """POST creates the channel if it is missing; PUT also updates its settings."""
     require_write(principal, agent)
-    body = await read_object(request) if await request.body() else {}
+    body = await read_object(request, optional=True)
     is_private = body.get("is_private")
     if is_private is not None and not isinstance(is_private, bool):
         raise BadRequest("is_private must be true or false")
@@ -152,8 +158,10 @@ async def put_channel(
 def parse_ts(value: Any) -> int | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < MAX_TS_MS:
+    if isinstance(value, bool) or not isinstance(value, int | float):
         raise BadRequest(f"ts must be a Unix time in milliseconds, not {value!r}")
+    if not EPOCH_MS <= value < MAX_TS_MS:
+        raise BadRequest(f"ts must be a Unix time in milliseconds since 2020, not {value!r}")
     return int(value)
 
 

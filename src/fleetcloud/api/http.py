@@ -38,8 +38,11 @@ async def read_body(request: Request) -> bytes:
             raise PayloadTooLarge(f"request body exceeds the {limit}-byte limit")
         chunks.append(chunk)
     body = b"".join(chunks)
-    if request.headers.get("content-encoding", "").lower() == "gzip":
+    encoding = request.headers.get("content-encoding", "").strip().lower()
+    if encoding == "gzip" and body:
         body = gunzip(body, limit)
+    elif encoding not in ("", "identity"):
+        raise BadRequest(f"Content-Encoding {encoding!r} is not supported; send gzip or none")
     return body
 
 
@@ -51,6 +54,8 @@ def gunzip(body: bytes, limit: int) -> bytes:
         raise BadRequest(f"the gzip-encoded body could not be decompressed: {exc}") from exc
     if len(data) > limit or inflater.unconsumed_tail:
         raise PayloadTooLarge(f"decompressed request body exceeds the {limit}-byte limit")
+    if not inflater.eof:
+        raise BadRequest("the gzip-encoded body is truncated")
     return data
 
 
@@ -58,11 +63,20 @@ async def read_json(request: Request) -> Any:
     return parse_body(await read_body(request))
 
 
-async def read_object(request: Request) -> dict[str, Any]:
-    body = await read_json(request)
+async def read_object(request: Request, *, optional: bool = False) -> dict[str, Any]:
+    """The body as a JSON object; with ``optional``, an empty body is ``{}``."""
+    raw = await read_body(request)
+    if optional and not raw:
+        return {}
+    body = parse_body(raw)
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")
     return body
+
+
+def is_digits(text: str) -> bool:
+    """Only ASCII digits (``str.isdigit`` also takes ``²``, which ``int`` refuses)."""
+    return text.isascii() and text.isdigit()
 
 
 def query_int(
@@ -71,7 +85,7 @@ def query_int(
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default
-    if not raw.isdigit():
+    if not is_digits(raw):
         raise BadRequest(f"query parameter {name!r} must be a non-negative integer, not {raw!r}")
     value = int(raw)
     if not low <= value <= high:

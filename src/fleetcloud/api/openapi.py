@@ -42,6 +42,11 @@ ENDPOINTS: list[tuple[str, str, str, str]] = [
     ("patch", "/api/agents/aggregates", "Merge-patch many aggregates", ""),
 ]
 
+# Success statuses other than 200: deleting answers 204; creating an agent 201, and
+# POST/PUT on a channel 201 when they created it (200 when it was there already).
+STATUS = {("delete", CHANNEL + "/messages/{message_id}"): "204", ("post", "/api/agents"): "201"}
+CREATES = {("post", CHANNEL), ("put", CHANNEL)}
+
 SCHEMAS: dict[str, Any] = {
     "Error": {
         "type": "object",
@@ -98,16 +103,19 @@ def _response(shape: str) -> dict[str, Any]:
 
 
 def _operation(method: str, path: str, summary: str, shape: str) -> dict[str, Any]:
+    status = STATUS.get((method, path), "200")
     operation: dict[str, Any] = {
         "summary": summary,
         "responses": {
-            "200": _response(shape),
+            status: _response(shape),
             "4XX": {
                 "description": "Bad input, no token, forbidden or not found",
                 "content": {"application/json": {"schema": ERROR}},
             },
         },
     }
+    if (method, path) in CREATES:
+        operation["responses"]["201"] = _response(shape)
     params = [part[1:-1] for part in path.split("/") if part.startswith("{")]
     if params:
         operation["parameters"] = [
