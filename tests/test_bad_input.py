@@ -333,3 +333,19 @@ async def test_a_publish_that_breaks_the_schema_is_422(
     assert [m["data"] for m in await history(api, tenant)] == [{"temp": 20}]
     aggregate = await api.get(url + "/aggregate", headers=tenant.headers())
     assert aggregate.json()["data"] == {"temp": 20}
+
+
+async def test_non_ascii_digits_in_ids_are_a_clean_400(api, tenant) -> None:  # type: ignore[no-untyped-def]
+    response = await api.get("/api/agents/%C2%B2/channels", headers=tenant.headers())
+    assert response.status_code == 400
+    batch = {"items": [{"agent_id": "²", "channel_name": "c", "data": {}}]}
+    answer = await api.post("/api/agents/messages", json=batch, headers=tenant.headers())
+    assert answer.status_code == 200
+    assert answer.json()["items"][0]["status"] == 400
+
+
+async def test_router_405_names_the_allowed_methods(api, tenant) -> None:  # type: ignore[no-untyped-def]
+    response = await api.delete("/api/agents/messages", headers=tenant.headers())
+    assert response.status_code == 405
+    assert "POST" in response.json()["message"]
+    assert "POST" in response.headers["allow"]

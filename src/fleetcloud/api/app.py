@@ -39,8 +39,12 @@ async def api_error(request: Request, exc: Exception) -> Response:
 
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    body = {"error": "HTTPException", "message": exc.detail, "status": exc.status_code}
-    return JSONResponse(body, status_code=exc.status_code)
+    message = exc.detail
+    allowed = {k.lower(): v for k, v in (exc.headers or {}).items()}.get("allow")
+    if exc.status_code == 405 and allowed:
+        message = f"{request.method} is not supported here; use {allowed}"
+    body = {"error": "HTTPException", "message": message, "status": exc.status_code}
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
 
 async def fleet_error(request: Request, exc: Exception) -> Response:

@@ -36,7 +36,7 @@ def to_id(value: Any, what: str = "id") -> int:
         raise BadRequest(f"{what} must be an integer id, not {value!r}")
     if isinstance(value, int):
         result = value
-    elif isinstance(value, str) and value.strip().isdigit():
+    elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
         result = int(value)
     else:
         raise BadRequest(f"{what} must be an integer id, not {value!r}")
