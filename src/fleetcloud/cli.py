@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import click
 
 from fleetcloud import __version__
+from fleetcloud.agent.cli import agent as agent_command
 from fleetcloud.core import jsonish
 from fleetcloud.core.errors import FleetError
 from fleetcloud.settings import DEFAULT_DATABASE, Settings
@@ -25,8 +27,15 @@ def run(coroutine: Awaitable[T]) -> T:
     async def wrapped() -> T:
         return await coroutine
 
-    try:
+    with clean_errors():
         return asyncio.run(wrapped())
+
+
+@contextlib.contextmanager
+def clean_errors() -> Iterator[None]:
+    """A fleetcloud error ends the command with its message, not a traceback."""
+    try:
+        yield
     except FleetError as exc:
         raise click.ClickException(exc.message) from exc
 
@@ -60,8 +69,21 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--host", default="127.0.0.1", show_default=True, envvar="FLEETCLOUD_HOST")
-@click.option("--port", default=8000, show_default=True, type=int, envvar="FLEETCLOUD_PORT")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    envvar="FLEETCLOUD_HOST",
+    help="Address to listen on [env FLEETCLOUD_HOST]",
+)
+@click.option(
+    "--port",
+    default=8000,
+    show_default=True,
+    type=int,
+    envvar="FLEETCLOUD_PORT",
+    help="Port to listen on [env FLEETCLOUD_PORT]",
+)
 @database_option
 @click.option(
     "--bus",
@@ -76,8 +98,16 @@ def main() -> None:
     default=None,
     help="Create a demo organisation with simulated devices [default: on a new database]",
 )
-@click.option("--log-format", type=click.Choice(["json", "text"]), default="text")
-@click.option("--log-level", default="info", show_default=True)
+@click.option(
+    "--log-format",
+    type=click.Choice(["json", "text"]),
+    default="text",
+    show_default=True,
+    help="Log lines as JSON objects or as plain text",
+)
+@click.option(
+    "--log-level", default="info", show_default=True, help="debug, info, warning or error"
+)
 def serve(
     host: str,
     port: int,
@@ -214,7 +244,7 @@ def publish(agent_id: str, channel: str, data: str, url: str, token: str) -> Non
         payload = jsonish.loads(data)
     except ValueError as exc:
         raise click.BadParameter(f"not valid JSON: {exc}", param_hint="DATA") from exc
-    with Client(url, token) as client:
+    with clean_errors(), Client(url, token) as client:
         message = client.publish(agent_id, channel, payload)
     click.echo(jsonish.dumps_str(message))
 
@@ -228,7 +258,7 @@ def channels(agent_id: str, url: str, token: str, tail: bool, only: tuple[str, .
     """Show AGENT_ID's channels and their current aggregates (a channel viewer)."""
     from fleetcloud.client import Client, tail_channels
 
-    with Client(url, token) as client:
+    with clean_errors(), Client(url, token) as client:
         found = [c for c in client.channels(agent_id) if not only or c["name"] in only]
     for channel in found:
         aggregate = channel.get("aggregate") or {}
@@ -241,5 +271,8 @@ def channels(agent_id: str, url: str, token: str, tail: bool, only: tuple[str, .
             sys.exit(0)
 
 
+main.add_command(agent_command)  # fleetcloud agent [status|history]: the device agent
+
+
 if __name__ == "__main__":
-    main()
+    main(prog_name="fleetcloud")

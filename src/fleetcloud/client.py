@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
@@ -57,35 +58,40 @@ def _message(response: httpx.Response) -> str:
 async def tail_channels(
     url: str, token: str, agent_id: str, names: list[str], echo: Callable[[str], None]
 ) -> None:
-    """Print dispatches for ``names`` as they happen, heartbeating as the server asks."""
-    ws_url = url.replace("http://", "ws://").replace("https://", "wss://") + "/api/gateway"
-    async with websockets.connect(ws_url) as socket:
-        hello = jsonish.loads(await socket.recv())
-        interval = hello["d"]["heartbeat_interval"] / 1000
-        await socket.send(jsonish.dumps_str({"op": 2, "d": {"token": token}}))
-        for name in names:
-            subscribe = {"op": 12, "d": {"agent_id": agent_id, "channel_name": name}}
-            await socket.send(jsonish.dumps_str(subscribe))
+    """Print dispatches for ``names`` as they happen, heartbeating as the server asks.
+    Runs until the connection ends, which is reported as a ``FleetError``."""
+    base = url.rstrip("/").replace("http://", "ws://", 1).replace("https://", "wss://", 1)
+    try:
+        async with websockets.connect(base + "/api/gateway") as socket:
+            hello = jsonish.loads(await socket.recv())
+            interval = hello["d"]["heartbeat_interval"] / 1000
+            await socket.send(jsonish.dumps_str({"op": 2, "d": {"token": token}}))
+            for name in names:
+                subscribe = {"op": 12, "d": {"agent_id": agent_id, "channel_name": name}}
+                await socket.send(jsonish.dumps_str(subscribe))
 
-        async def heartbeat() -> None:
-            while True:
-                await asyncio.sleep(interval * 0.8)
-                await socket.send(jsonish.dumps_str({"op": 1, "d": None}))
+            async def heartbeat() -> None:
+                with contextlib.suppress(websockets.ConnectionClosed):
+                    while True:
+                        await asyncio.sleep(interval * 0.8)
+                        await socket.send(jsonish.dumps_str({"op": 1, "d": None}))
 
-        async with asyncio.TaskGroup() as tasks:
-            beat = tasks.create_task(heartbeat())
-            try:
+            async with asyncio.TaskGroup() as tasks:
+                beat = tasks.create_task(heartbeat(), name="tail-heartbeat")
                 async for raw in socket:
-                    frame = jsonish.loads(raw)
-                    if frame.get("op") == 0 and frame.get("t") in (
-                        "MessageCreate",
-                        "AggregateUpdate",
-                    ):
-                        echo(_describe(frame))
-                    elif frame.get("op") == 15:
-                        echo(f"error: {frame['d'].get('message')}")
-            finally:
+                    _show(jsonish.loads(raw), echo)
                 beat.cancel()
+            reason = f"{socket.close_code} {socket.close_reason or ''}".strip()
+    except* (OSError, websockets.WebSocketException) as group:
+        raise FleetError(f"lost the connection to {url}: {group.exceptions[0]}") from group
+    raise FleetError(f"the server closed the connection ({reason})")
+
+
+def _show(frame: dict[str, Any], echo: Callable[[str], None]) -> None:
+    if frame.get("op") == 0 and frame.get("t") in ("MessageCreate", "AggregateUpdate"):
+        echo(_describe(frame))
+    elif frame.get("op") == 15:
+        echo(f"error: {frame['d'].get('message')}")
 
 
 def _describe(frame: dict[str, Any]) -> str:

@@ -38,7 +38,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from fleetcloud.api.auth import may_read
 from fleetcloud.bus.base import Subscription
 from fleetcloud.core import jsonish
-from fleetcloud.core.errors import ApiError, BadRequest, Forbidden
+from fleetcloud.core.errors import ApiError, BadRequest, FleetError, Forbidden
 from fleetcloud.core.jsonish import to_id
 from fleetcloud.core.types import CHANNEL_EVENTS, Event, Principal
 from fleetcloud.platform import Platform
@@ -51,6 +51,7 @@ HELLO, HEARTBEAT_ACK, SUBSCRIBE, UNSUBSCRIBE, ACK, ERROR = 10, 11, 12, 13, 14, 1
 REPLAY_LIMIT = 5_000  # dispatches kept per session for resuming
 SEND_QUEUE_LIMIT = 10_000
 RESUME_SECONDS = 120.0
+PRIVACY_CACHE_SECONDS = 1.0  # how long a channel's is_private is trusted when fanning out
 DISPATCHED_TYPES = {"MessageCreate", "AggregateUpdate", "MessageUpdate", "MessageDelete"}
 
 ChannelKey = tuple[int, str]
@@ -89,6 +90,7 @@ class Hub:
         self.platform = platform
         self.sessions: dict[str, Session] = {}
         self.watchers: dict[ChannelKey, set[Session]] = {}
+        self._private: dict[ChannelKey, tuple[bool, float]] = {}  # key -> (is_private, until)
         self._task: asyncio.Task[None] | None = None
         self._subscription: Subscription | None = None
         self._ready = asyncio.Event()
@@ -105,21 +107,40 @@ class Hub:
             while True:
                 batch = await self._subscription.next_batch(timeout=30)
                 for event in batch:
-                    self.fan_out(event)
+                    await self.fan_out(event)
                 self.expire()
 
-    def fan_out(self, event: Event) -> None:
+    async def fan_out(self, event: Event) -> None:
         kind = event.value.get("t")
         if kind not in DISPATCHED_TYPES:
             return
         data = event.value["d"]
         channel = data.get("channel") or {}
         key = (int(channel.get("agent_id", 0)), str(channel.get("name", "")))
-        for session in self.watchers.get(key, ()):
+        for session in list(self.watchers.get(key, ())):
+            if not owns(session.principal, key[0]) and await self.is_private(key):
+                continue  # made private (or created private) after this reader subscribed
             if kind == "AggregateUpdate" and session.subscriptions.get(key):
                 session.dispatch(kind, {k: v for k, v in data.items() if k != "aggregate"})
             else:
                 session.dispatch(kind, data)
+
+    async def is_private(self, key: ChannelKey) -> bool:
+        now = time.monotonic()
+        cached = self._private.get(key)
+        if cached is None or cached[1] < now:
+            try:
+                channel = await self.platform.store.read(repo.get_channel(*key))
+            except FleetError:
+                log.warning("cannot tell whether %s is private; not dispatching it", key)
+                return True
+            if len(self._private) > 100_000:
+                self._private.clear()
+            cached = self._private[key] = (
+                channel is not None and channel.is_private,
+                now + PRIVACY_CACHE_SECONDS,
+            )
+        return cached[0]
 
     def watch(self, session: Session, key: ChannelKey, diff_only: bool) -> None:
         session.subscriptions[key] = diff_only
@@ -152,6 +173,12 @@ class Hub:
                 await self._task
 
 
+def owns(principal: Principal, agent_id: int) -> bool:
+    """May ``principal`` write to (so read even the private channels of) ``agent_id``?
+    Subscribing has already checked that the agent is in the principal's organisation."""
+    return principal.is_admin or principal.agent_id == agent_id or agent_id in principal.scopes
+
+
 def hub_of(app: Starlette) -> Hub:
     hub: Hub | None = getattr(app.state, "hub", None)
     if hub is None:
@@ -182,6 +209,7 @@ class Connection:
         self.platform = hub.platform
         self.interval_ms = self.platform.settings.heartbeat_interval_ms
         self.session: Session | None = None
+        self.outbox: asyncio.Queue[bytes | None] = asyncio.Queue()  # its session's sends
 
     async def run(self) -> None:
         await self.websocket.accept()
@@ -198,8 +226,8 @@ class Connection:
             pass
         finally:
             self.platform.metrics.gateway_connections.dec()
-            if self.session is not None:
-                self.session.outbox = None
+            if self.session is not None and self.session.outbox in (self.outbox, None):
+                self.session.outbox = None  # unless a resume moved it to another connection
                 self.session.detached_at = time.monotonic()
             with contextlib.suppress(Exception):
                 await self.websocket.close()
@@ -208,12 +236,14 @@ class Connection:
         timeout = self.interval_ms / 1000 * 1.5
         while True:
             try:
-                text = await asyncio.wait_for(self.websocket.receive_text(), timeout)
+                message = await asyncio.wait_for(self.websocket.receive(), timeout)
             except TimeoutError:
                 await self.websocket.close(4009, "no heartbeat")
                 return
-            try:
-                await self.handle(jsonish.loads(text))
+            if message["type"] == "websocket.disconnect":
+                raise WebSocketDisconnect(message.get("code", 1000))
+            try:  # JSON in a text frame, or (tolerated) in a binary one
+                await self.handle(jsonish.loads(message.get("text") or message.get("bytes") or ""))
             except ApiError as exc:
                 await send(self.websocket, frame(ERROR, exc.to_json()))
             except (ValueError, TypeError, KeyError) as exc:
@@ -221,15 +251,9 @@ class Connection:
 
     async def write_loop(self) -> None:
         while True:
-            if self.session is None or self.session.outbox is None:
-                await asyncio.sleep(0.05)
-                if self.session is not None and self.session.outbox is None:
-                    await self.websocket.close(4008, "too slow; resume to catch up")
-                    return
-                continue
-            payload = await self.session.outbox.get()
-            if payload is None:
-                await self.websocket.close(4008, "too slow; resume to catch up")
+            payload = await self.outbox.get()
+            if payload is None:  # too slow, or the session was resumed on another connection
+                await self.websocket.close(4008, "resume to catch up")
                 return
             await send(self.websocket, payload)
 
@@ -275,15 +299,17 @@ class Connection:
             return
         missed = [payload for s, payload in session.replay if s > seq]
         self.attach(session)
-        assert session.outbox is not None
         for payload in missed:
-            session.outbox.put_nowait(payload)
+            self.outbox.put_nowait(payload)
         session.dispatch("Resumed", {"session_id": session.id, "replayed": len(missed)})
 
     def attach(self, session: Session) -> None:
         if self.session is not None and self.session is not session:
+            self.session.outbox = None
             self.hub.drop(self.session)
-        session.outbox = asyncio.Queue()
+        if session.outbox is not None and session.outbox is not self.outbox:
+            session.outbox.put_nowait(None)  # resumed while its old connection looked alive
+        session.outbox = self.outbox
         session.detached_at = None
         self.session = session
 
