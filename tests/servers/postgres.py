@@ -60,16 +60,44 @@ def postgres_server() -> Iterator[str]:
     if uid is not None and gid is not None:
         os.chown(root, uid, gid)
     subprocess.run(
-        [*prefix, find_binary("initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "-E",
-         "UTF8", "--no-sync"],
+        [
+            *prefix,
+            find_binary("initdb"),
+            "-D",
+            str(data),
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ],
         check=True,
         capture_output=True,
     )
     port = free_port()
     process = subprocess.Popen(
-        [*prefix, find_binary("postgres"), "-D", str(data), "-p", str(port), "-k", str(root),
-         "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "max_connections=200",
-         "-c", "synchronous_commit=off", "-c", "full_page_writes=off"],
+        [
+            *prefix,
+            find_binary("postgres"),
+            "-D",
+            str(data),
+            "-p",
+            str(port),
+            "-k",
+            str(root),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            "fsync=off",
+            "-c",
+            "max_connections=200",
+            "-c",
+            "synchronous_commit=off",
+            "-c",
+            "full_page_writes=off",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -3,13 +3,15 @@
 Producers never talk to Kafka. A **relay** task reads outbox rows in id order, produces
 each event to topic ``event.topic`` with key ``event.key`` and the JSON of
 ``event.value``, waits for the broker's acknowledgements and only then deletes the rows it
-relayed. It wakes when the store commits events and polls every second for rows other
-processes wrote. If Kafka is down it retries with backoff; rows stay in the outbox until
-they are acknowledged, so nothing is lost, but a row may be produced twice (after a
-failure between the acks and the delete): delivery is at-least-once.
+relayed (exactly those rows). It wakes when the store commits events and polls every
+second for rows other processes wrote. If Kafka is down it retries with backoff; rows stay
+in the outbox until they are acknowledged, so nothing is lost, but a row may be produced
+twice (after a failure between the acks and the delete): delivery is at-least-once, and
+consumers deduplicate by event id where it matters.
 
 With PostgreSQL several processes may run a relay; each pass holds a session advisory
-lock (``pg_try_advisory_lock``), so one relays while the others skip.
+lock (``pg_try_advisory_lock``), so one relays while the others skip. With SQLite one
+process owns the database, so there is no lock: run one ``KafkaBus`` per store.
 
 Subscribers are ``AIOKafkaConsumer`` instances. An anonymous one (``group=None``) has no
 group id, starts at the end of every partition and sees only what is published after
@@ -33,7 +35,8 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError
+from aiokafka.errors import ConsumerStoppedError, KafkaError
+from aiokafka.protocol.group import LeaveGroupRequest
 
 from fleetcloud.bus.base import Bus, Subscription
 from fleetcloud.core.errors import BusError
@@ -54,6 +57,8 @@ FINAL_DRAIN_TIMEOUT = 5.0
 DELETE_CHUNK = 500
 MAX_RECORDS = 5_000  # events per next_batch at most
 WAIT_SLICE_MS = 1_000  # next_batch(None) waits in slices this long
+ALIGN_TIMEOUT = 2.0  # subscribe waits this long at most for a first fetch (see below)
+ALIGN_STEP = 0.005
 
 TOPIC_ALREADY_EXISTS = 36  # the Kafka protocol's TOPIC_ALREADY_EXISTS error code
 
@@ -105,9 +110,8 @@ def delete_rows(ids: Sequence[int]) -> Work[int]:
     count = 0
     for start in range(0, len(ids), DELETE_CHUNK):
         chunk = ids[start : start + DELETE_CHUNK]
-        deleted: int = yield Execute(
-            f"DELETE FROM outbox WHERE id IN ({placeholders(len(chunk))})", chunk
-        )
+        sql = f"DELETE FROM outbox WHERE id IN ({placeholders(len(chunk))})"  # noqa: S608
+        deleted: int = yield Execute(sql, chunk)
         count += deleted
     return count
 
@@ -141,6 +145,8 @@ class KafkaSubscription(Subscription):
     async def _fetch(self, timeout_ms: int) -> list[Event]:
         try:
             records = await self.consumer.getmany(timeout_ms=timeout_ms, max_records=MAX_RECORDS)
+        except ConsumerStoppedError:
+            return []  # closed while waiting
         except KafkaError as exc:
             raise _bus_error("fetch", exc) from exc
         events: list[Event] = []
@@ -154,7 +160,13 @@ class KafkaSubscription(Subscription):
     async def commit(self) -> None:
         if self.group is None or not self.pending:
             return
-        offsets, self.pending = self.pending, {}
+        # Partitions a rebalance took away are no longer ours to commit: their new owner
+        # starts after the last commit, so it sees those events again (at-least-once).
+        assigned = self.consumer.assignment()
+        offsets = {tp: offset for tp, offset in self.pending.items() if tp in assigned}
+        self.pending = {}
+        if not offsets:
+            return
         try:
             await self.consumer.commit(offsets)
         except KafkaError as exc:
@@ -167,6 +179,8 @@ class KafkaSubscription(Subscription):
             return
         self.closed = True
         self.bus.subscriptions.discard(self)
+        if self.group is not None:
+            _leave_even_at_generation_zero(self.consumer)
         try:
             await self.consumer.stop()
         except KafkaError as exc:
@@ -190,6 +204,7 @@ class KafkaBus(Bus):
         self._wakeup = asyncio.Event()
         self._known_topics: set[str] = set()
         self._topics_lock = asyncio.Lock()
+        self._draining = asyncio.Lock()  # one relay pass at a time in this process
 
     # ------------------------------------------------------------ lifecycle
 
@@ -252,6 +267,7 @@ class KafkaBus(Bus):
                 await self.drain()
             except Exception as exc:
                 log.warning("kafka relay failed (retrying in %.1fs): %r", backoff, exc)
+                self._known_topics.clear()  # the broker may have lost them: check again
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
                 continue
@@ -263,14 +279,15 @@ class KafkaBus(Bus):
         """Relay outbox rows until none are left (or another process holds the relay
         lock); returns how many rows this call relayed."""
         relayed = 0
-        while True:
-            async with self._relay_lock() as held:
-                if not held:
+        async with self._draining:
+            while True:
+                async with self._relay_lock() as held:
+                    if not held:
+                        return relayed
+                    count = await self._relay_pass()
+                relayed += count
+                if count < RELAY_CHUNK:
                     return relayed
-                count = await self._relay_pass()
-            relayed += count
-            if count < RELAY_CHUNK:
-                return relayed
 
     async def _relay_pass(self) -> int:
         rows = await self.store.read(outbox.read_after(0, RELAY_CHUNK))
@@ -282,18 +299,22 @@ class KafkaBus(Bus):
         return len(rows)
 
     async def _produce(self, events: Sequence[Event]) -> None:
+        """Send every event and wait for all the acknowledgements; raise ``BusError`` if
+        any send failed (after the others have settled)."""
         if self._producer is None:
             raise BusError("kafka: the bus is not started")
+        futures: list[asyncio.Future[Any]] = []
+        error: BaseException | None = None
         try:
-            futures = [
-                await self._producer.send(
-                    event.topic, orjson.dumps(event.value), key=event.key.encode()
-                )
-                for event in events
-            ]
-            await asyncio.gather(*futures)
+            for event in events:
+                value, key = orjson.dumps(event.value), event.key.encode()
+                futures.append(await self._producer.send(event.topic, value, key=key))
         except KafkaError as exc:
-            raise _bus_error("produce", exc) from exc
+            error = exc
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        error = error or next((r for r in results if isinstance(r, BaseException)), None)
+        if error is not None:
+            raise _bus_error("produce", error) from error
 
     @contextlib.asynccontextmanager
     async def _relay_lock(self) -> AsyncIterator[bool]:
@@ -356,7 +377,8 @@ class KafkaBus(Bus):
         self, topics: Sequence[str], group: str | None = None, *, from_beginning: bool = False
     ) -> Subscription:
         await self.ensure_topics(topics)
-        reset = "earliest" if group is not None and from_beginning else "latest"
+        from_start = group is not None and from_beginning
+        reset = "earliest" if from_start else "latest"
         consumer = AIOKafkaConsumer(
             *topics,
             bootstrap_servers=self.bootstrap_servers,
@@ -366,7 +388,7 @@ class KafkaBus(Bus):
         )
         try:
             await consumer.start()
-            await _pin_positions(consumer, group)
+            await _pin_positions(consumer, group, from_start)
         except KafkaError as exc:
             await consumer.stop()
             raise _bus_error(f"subscribe to {list(topics)}", exc) from exc
@@ -383,16 +405,60 @@ class KafkaBus(Bus):
         return {RELAY_GROUP: await self.store.read(backlog())}
 
 
-async def _pin_positions(consumer: Any, group: str | None) -> None:
+async def _pin_positions(consumer: Any, group: str | None, from_beginning: bool) -> None:
     """Resolve every assigned partition's position now, so that what is published after
     ``subscribe`` returns is seen; a new group also commits that starting point."""
-    starting: dict[Any, int] = {}
+    fresh: list[Any] = []  # partitions without a committed offset (all, if anonymous)
     for partition in consumer.assignment():
-        position = await consumer.position(partition)
-        if group is not None and await consumer.committed(partition) is None:
-            starting[partition] = position
-    if starting:
+        await consumer.position(partition)
+        if group is None or await consumer.committed(partition) is None:
+            fresh.append(partition)
+    if not from_beginning:
+        await _align_with_highwater(consumer, fresh)
+    if group is not None and fresh:
+        starting = {partition: await consumer.position(partition) for partition in fresh}
         await consumer.commit(starting)
+
+
+async def _align_with_highwater(consumer: Any, partitions: list[Any]) -> None:
+    """Move partitions that start "at the end" to the high watermark of their first fetch.
+
+    Kafka answers ListOffsets(latest) with the log end, and this changes nothing. tansu
+    answers with the last record batch's base offset + 1, which would replay the rest of
+    that batch to a subscriber that should see only new events; its fetch responses carry
+    the right high watermark. Waits for one fetch round trip at most ``ALIGN_TIMEOUT``;
+    anything it skips was published before ``subscribe`` returned."""
+    for _ in range(int(ALIGN_TIMEOUT / ALIGN_STEP)):
+        if all(consumer.highwater(partition) is not None for partition in partitions):
+            break
+        await asyncio.sleep(ALIGN_STEP)
+    for partition in partitions:
+        highwater = consumer.highwater(partition)
+        if highwater is not None and highwater > await consumer.position(partition):
+            consumer.seek(partition, highwater)
+
+
+def _leave_even_at_generation_zero(consumer: Any) -> None:
+    """Make ``consumer.stop()`` leave its group even if the broker numbered the group's
+    generation 0. aiokafka only sends LeaveGroup when ``generation > 0``; brokers that
+    count from 0 (tansu) then keep the departed member until its session times out, and
+    the next member to join waits for that. LeaveGroup carries no generation, so sending
+    it is safe. Uses aiokafka internals and does nothing if they are not as expected."""
+    coordinator = getattr(consumer, "_coordinator", None)
+    send = getattr(coordinator, "_send_req", None)
+    if coordinator is None or send is None or getattr(coordinator, "generation", None) != 0:
+        return
+
+    async def leave() -> None:
+        if coordinator.generation == 0 and coordinator._group_instance_id is None:
+            request = LeaveGroupRequest(coordinator.group_id, coordinator.member_id)
+            try:
+                await send(request)
+            except KafkaError as exc:
+                log.debug("LeaveGroup failed: %r", exc)
+        coordinator.reset_generation()
+
+    coordinator._maybe_leave_group = leave
 
 
 def _check_created(response: Any) -> None:
@@ -400,4 +466,3 @@ def _check_created(response: Any) -> None:
         if code not in (0, TOPIC_ALREADY_EXISTS):
             message = rest[0] if rest else ""
             raise BusError(f"kafka: could not create topic {topic!r}: error {code} {message}")
-
