@@ -1,0 +1,1 @@
+"""The server side of cloud apps: schedules, ingestion checks, dispatch and workers."""
