@@ -13,9 +13,15 @@ can cause carry the HTTP status they map to, so a request handler only has to ra
     │   ├── Conflict                  409  a version or idempotency clash
     │   ├── PayloadTooLarge           413  body over the configured limit
     │   └── TooManyRequests           429  throttled
+    │       └── IngestionThrottled         an ingestion endpoint's throttle (apps.ingestion)
     ├── StoreError                    the database failed (retriable)
     ├── BusError                      the event bus failed (retriable)
-    └── ConfigError                   fleetcloud is configured wrongly
+    ├── ConfigError                   fleetcloud is configured wrongly
+    └── AppError                      raised inside an app by the SDK (sdk.errors)
+        ├── InvalidEnvelope, ConfigInvalid, ConfigNotSet
+        ├── InvokingChannelWrite       an app wrote to the channel that invoked it
+        ├── NotJsonSerializable
+        └── DataApiUnavailable         the data API could not be reached
 
 A dependency's own exceptions are translated where fleetcloud calls it
 (``raise StoreError(...) from exc``) so they never reach a user raw.
