@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
-from fleetcloud.api import agents, batch, channels, gateway
+from fleetcloud.api import agents, batch, channels, commands, gateway, jobs
 from fleetcloud.api.http import JSONResponse
 from fleetcloud.api.metrics import MetricsMiddleware, metrics_endpoint
 from fleetcloud.api.openapi import docs_page, openapi_json
@@ -79,6 +79,8 @@ def routes() -> list[BaseRoute]:
             methods=ALL_METHODS,
         ),
         WebSocketRoute("/api/gateway", gateway.endpoint),
+        *jobs.routes(),
+        *commands.routes(),
     ]
 
 

@@ -13,6 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fleetcloud.commands.schema import MIGRATIONS as COMMAND_MIGRATIONS
+from fleetcloud.jobs.schema import MIGRATIONS as JOB_MIGRATIONS
+
 
 @dataclass(frozen=True)
 class Migration:
@@ -106,7 +109,10 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
 )
 
-FEATURE_MIGRATIONS: tuple[Migration, ...] = ()
+FEATURE_MIGRATIONS: tuple[Migration, ...] = (
+    *(Migration(*migration) for migration in COMMAND_MIGRATIONS),
+    *(Migration(*migration) for migration in JOB_MIGRATIONS),
+)
 
 
 def all_migrations() -> tuple[Migration, ...]:
