@@ -255,49 +255,99 @@ def _existing_ids(pairs: list[tuple[int, int]]) -> Work[set[tuple[int, int]]]:
     return existing
 
 
+def _owned(value: Any) -> Any:
+    """A copy of ``value`` whose objects (dicts) are all new, so it may be merged in place."""
+    if isinstance(value, dict):
+        return {key: _owned(inner) for key, inner in value.items()}
+    return value
+
+
+def _merge_in_place(target: dict[str, Any], patch: dict[str, Any]) -> None:
+    """RFC 7396 merge of ``patch`` into ``target``, which is changed; ``patch`` is not.
+
+    Gives what ``merge_patch`` gives, as long as every dict inside ``target`` is owned by
+    the caller (see ``_owned``): dicts from ``patch`` are copied in, never shared."""
+    for key, value in patch.items():
+        if value is None:
+            target.pop(key, None)
+        elif isinstance(value, dict):
+            inner = target.get(key)
+            if not isinstance(inner, dict):
+                inner = target[key] = {}
+            _merge_in_place(inner, value)
+        else:
+            target[key] = value
+
+
 class _Batch:
-    """Folds a batch of publishes into row lists, aggregates and events (no I/O)."""
+    """Folds a batch of publishes into rows, aggregates and events (no I/O).
+
+    This is the per-message hot path inside the write transaction, so it builds each
+    ``MessageCreate`` event body directly (``message_json``'s JSON, without a ``Message``
+    object first) and merges into an aggregate copy it owns instead of copying the whole
+    aggregate once per message.
+    """
 
     def __init__(self, channels: dict[ChannelKey, Channel], existing: set[tuple[int, int]]):
         self.channels = channels
         self.existing = existing
         self.before = {key: channel.aggregate for key, channel in channels.items()}
         self.touched: dict[ChannelKey, Channel] = {}
+        self.owned: set[ChannelKey] = set()  # channels whose aggregate is a private copy
         self.rows: list[tuple[int, int, int, str, None]] = []
         self.events: list[Event] = []
 
     def add(self, item: PublishItem) -> PublishResult:
         key = (item.agent_id, item.channel_name)
-        result = PublishResult(item.agent_id, item.channel_name)
         channel = self.channels[key]
-        try:
-            result.message_id = self._add(item, channel)
-        except ApiError as exc:
-            result.error, result.status = exc.message, exc.status
-        return result
-
-    def _add(self, item: PublishItem, channel: Channel) -> int:
         if item.message_id is not None:
-            if (channel.id, item.message_id) in self.existing:
-                return item.message_id  # a retry of a message we already have
             message_id = item.message_id
+            if (channel.id, message_id) in self.existing:
+                # a retry of a message we already have
+                return PublishResult(item.agent_id, item.channel_name, message_id)
         else:
             message_id = new_id() if item.ts is None else id_at(item.ts)
-        if channel.message_schema is not None:
-            validate(jsonish.dumps_str(channel.message_schema), item.data, "message")
-        aggregate = merge_patch(channel.aggregate, item.data)
-        if channel.aggregate_schema is not None:
-            validate(jsonish.dumps_str(channel.aggregate_schema), aggregate, "aggregate")
-        channel.aggregate = aggregate
+        data = item.data
+        try:
+            self._merge(key, channel, data)
+        except ApiError as exc:
+            return PublishResult(
+                item.agent_id, item.channel_name, error=exc.message, status=exc.status
+            )
         self.existing.add((channel.id, message_id))
-        self.touched[(channel.agent_id, channel.name)] = channel
-        encoded = jsonish.dumps_str(item.data)
-        self.rows.append((channel.id, message_id, item.author_id, encoded, None))
-        message = Message(
-            message_id, channel.id, channel.agent_id, channel.name, item.author_id, item.data
-        )
-        self.events.append(message_event("MessageCreate", message))
-        return message_id
+        self.touched[key] = channel
+        self.rows.append((channel.id, message_id, item.author_id, jsonish.dumps_str(data), None))
+        text_id, agent = str(message_id), str(item.agent_id)
+        body = {
+            "id": text_id,
+            "author_id": str(item.author_id),
+            "channel": {"agent_id": agent, "name": channel.name},
+            "data": data,
+            "attachments": [],
+            "timestamp": timestamp_ms(message_id),
+        }
+        value = {"t": "MessageCreate", "id": text_id, "d": body}
+        self.events.append(Event(CHANNEL_EVENTS, agent, value))
+        return PublishResult(item.agent_id, item.channel_name, message_id)
+
+    def _merge(self, key: ChannelKey, channel: Channel, data: Any) -> None:
+        if channel.message_schema is not None:
+            validate(jsonish.dumps_str(channel.message_schema), data, "message")
+        if channel.aggregate_schema is not None:
+            # checked before it replaces the aggregate, so a refusal changes nothing
+            aggregate = merge_patch(channel.aggregate, data)
+            validate(jsonish.dumps_str(channel.aggregate_schema), aggregate, "aggregate")
+            channel.aggregate = aggregate
+            self.owned.discard(key)
+        elif isinstance(data, dict):
+            if key not in self.owned:
+                current = channel.aggregate
+                channel.aggregate = _owned(current) if isinstance(current, dict) else {}
+                self.owned.add(key)
+            _merge_in_place(channel.aggregate, data)
+        else:
+            channel.aggregate = data  # a patch that is not an object replaces the aggregate
+            self.owned.discard(key)
 
 
 def publish(items: Sequence[PublishItem]) -> Work[list[PublishResult]]:
