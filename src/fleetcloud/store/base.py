@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -63,6 +64,24 @@ class Store(ABC):
     def remove_commit_listener(self, listener: CommitListener) -> None:
         if listener in self._listeners:
             self._listeners.remove(listener)
+
+    def _settle(
+        self,
+        outcomes: Sequence[tuple[asyncio.Future[Any], Any, BaseException | None]],
+        position: int,
+        events: Sequence[Event],
+    ) -> None:
+        """Hand each unit of a committed (or failed) group its result, then tell the
+        listeners about the group's events."""
+        for future, value, error in outcomes:
+            if future.done():
+                continue
+            if error is None:
+                future.set_result(value)
+            else:
+                future.set_exception(error)
+        if events:
+            self._notify(position, events)
 
     def _notify(self, position: int, events: Sequence[Event]) -> None:
         for listener in list(self._listeners):

@@ -11,7 +11,6 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any, TypeVar
 
@@ -200,19 +199,3 @@ class PostgresStore(Store):
         await savepoint.commit()
         events.extend(emitted)
         return future, value, None
-
-    def _settle(
-        self,
-        outcomes: Sequence[tuple[asyncio.Future[Any], Any, BaseException | None]],
-        position: int,
-        events: Sequence[Event],
-    ) -> None:
-        for future, value, error in outcomes:
-            if future.done():
-                continue
-            if error is None:
-                future.set_result(value)
-            else:
-                future.set_exception(error)
-        if events:
-            self._notify(position, events)

@@ -14,7 +14,6 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -215,22 +214,6 @@ class SqliteStore(Store):
         conn.execute("RELEASE unit")
         events.extend(emitted)
         return future, value, None
-
-    def _settle(
-        self,
-        outcomes: Sequence[tuple[asyncio.Future[Any], Any, BaseException | None]],
-        position: int,
-        events: Sequence[Event],
-    ) -> None:
-        for future, value, error in outcomes:
-            if future.done():
-                continue
-            if error is None:
-                future.set_result(value)
-            else:
-                future.set_exception(error)
-        if events:
-            self._notify(position, events)
 
 
 def _version() -> Work[int]:
