@@ -142,8 +142,29 @@ class DataClient(_Http):
 
     async def publish_batch(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """``POST /api/agents/messages``: one result per item, in order."""
-        answer = await self.call("POST", "/api/agents/messages", json={"items": items})
+        return await self._batch("POST", "/api/agents/messages", items)
+
+    async def patch_batch(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``PATCH /api/agents/aggregates``: merge-patches, one result per item, in order."""
+        return await self._batch("PATCH", "/api/agents/aggregates", items)
+
+    async def _batch(
+        self, method: str, path: str, items: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        answer = await self.call(method, path, json={"items": items})
         results = answer.get("items") if isinstance(answer, dict) else None
         if not isinstance(results, list) or len(results) != len(items):
             raise CloudUnreachable("the batch answer does not list every item")
         return results
+
+    async def get_aggregate(
+        self, agent_id: str, channel: str, *, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """A channel's Aggregate JSON (``{"data", "attachments", "last_updated"}``); a
+        channel that does not exist is ``CloudRefused`` with status 404."""
+        path = f"/api/agents/{quote(agent_id)}/channels/{quote(channel, safe='')}/aggregate"
+        extra: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
+        answer = await self.call("GET", path, **extra)
+        if not isinstance(answer, dict):
+            raise CloudUnreachable("the aggregate answer is not a JSON object")
+        return answer

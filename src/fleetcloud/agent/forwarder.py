@@ -1,7 +1,9 @@
 """The forwarder: sends the queue's messages to the cloud's data API, oldest first.
 
 Batches go through ``POST /api/agents/messages`` with each message's id, so a batch sent
-twice (the agent died between sending and noting it) is stored once. While the cloud is
+twice (the agent died between sending and noting it) is stored once. Aggregate patches
+that device apps queued go through ``PATCH /api/agents/aggregates``; a batch holds one
+kind only, so messages and patches reach the cloud in the order they were queued. While the cloud is
 unreachable the forwarder waits with exponential backoff (and jitter, so a fleet coming
 back does not arrive at once) and the queue keeps everything on disk. A message the
 cloud refuses for good (400, 409, 413 or 422 for that item, e.g. it breaks the channel's
@@ -17,7 +19,7 @@ import logging
 from fleetcloud.agent.backoff import Backoff, sleep_unless
 from fleetcloud.agent.cloud import DataClient
 from fleetcloud.agent.errors import CloudRefused, CloudUnreachable
-from fleetcloud.agent.queue import MessageQueue, QueuedMessage
+from fleetcloud.agent.queue import PATCH, MessageQueue, QueuedMessage
 
 log = logging.getLogger("fleetcloud.agent.Forwarder")
 
@@ -29,6 +31,15 @@ def refused_for_good(result: dict[str, object]) -> bool:
     """Whether an item failed because of what it holds (set it aside), not because of
     whom it was sent as (a wrong key or device id: keep it until that is fixed)."""
     return result.get("status") in REFUSED_FOR_GOOD
+
+
+def same_kind(batch: list[QueuedMessage]) -> list[QueuedMessage]:
+    """The leading run of ``batch`` with one kind of write (messages and aggregate patches
+    go to different batch endpoints; taking only the run keeps the queue's order)."""
+    for index, write in enumerate(batch):
+        if write.kind != batch[0].kind:
+            return batch[:index]
+    return batch
 
 
 class Forwarder:
@@ -78,11 +89,12 @@ class Forwarder:
     async def forward_once(self) -> int:
         """Send one batch; returns how many messages left the queue (0: it is empty)."""
         self.queue.added.clear()
-        batch = await self.queue.peek(self.batch_size, self.batch_bytes)
+        batch = same_kind(await self.queue.peek(self.batch_size, self.batch_bytes))
         if not batch:
             return 0
+        send = self.client.patch_batch if batch[0].kind == PATCH else self.client.publish_batch
         try:
-            results = await self.client.publish_batch([m.item(self.agent_id) for m in batch])
+            results = await send([m.item(self.agent_id) for m in batch])
         except CloudRefused as exc:
             if exc.status != 413:
                 raise

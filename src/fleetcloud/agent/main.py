@@ -173,7 +173,12 @@ class Agent:
                 max_bytes=self.config.queue_max_bytes,
             )
             async with queue:
-                state = LocalState(queue, self.config.cloud_api_url, status=self.status)
+                state = LocalState(
+                    queue,
+                    self.config.cloud_api_url,
+                    status=self.status,
+                    server_url=self.config.server_url,
+                )
                 local = (
                     LocalApi(state, listen(self.config.local_api_port))
                     if self.config.local_api

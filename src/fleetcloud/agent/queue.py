@@ -1,13 +1,21 @@
-"""The store-and-forward queue: device apps' messages on disk until the cloud has them.
+"""The store-and-forward queue: device apps' writes on disk until the cloud has them.
 
 A SQLite file (``outbox.db`` in the data directory; WAL, ``synchronous=FULL`` so an
-accepted message survives a crash or a power cut). Messages leave in the order they
-came. Each gets its message id when it is accepted — a snowflake, so the cloud's
-history sorts them by the time they were published, not the time they arrived — and
-the id makes the cloud's write idempotent: a message sent twice (the agent died before
-it could note the first send) is stored once.
+accepted write survives a crash or a power cut). Two kinds of write share one queue and
+leave in the order they came: messages (``put``) and aggregate merge-patches
+(``put_patch``, with an optional ``replace`` path). Each message gets its message id when
+it is accepted — a snowflake, so the cloud's history sorts them by the time they were
+published, not the time they arrived — and the id makes the cloud's write idempotent: a
+message sent twice (the agent died before it could note the first send) is stored once.
+A patch sent again before anything after it changes nothing more (a merge-patch is
+idempotent), so a resend after a crash is harmless too.
 
-The queue is bounded by count and bytes; past the bound ``put`` raises ``QueueFull``.
+The queue is bounded by count and bytes; past the bound a put raises ``QueueFull``.
+
+The same file keeps the last copy of each channel aggregate the device apps read
+(``aggregate_cache``), so an app that starts while the cloud is unreachable still gets
+its tags, config and UI commands (see ``local_api.py``).
+
 All SQLite work runs on one thread of its own, so the event loop never waits on disk.
 """
 
@@ -47,25 +55,60 @@ CREATE TABLE IF NOT EXISTS rejected (
     rejected_ms INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS aggregate_cache (
+    channel TEXT PRIMARY KEY,
+    aggregate BLOB NOT NULL,
+    stored_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS queue_by_channel ON queue (channel, seq);
 """
+# Columns added after the first release; files written by an older agent get them on open.
+ADDED_COLUMNS = (
+    ("queue", "kind", "TEXT NOT NULL DEFAULT 'message'"),
+    ("queue", "replace_path", "TEXT"),
+    ("rejected", "kind", "TEXT NOT NULL DEFAULT 'message'"),
+    ("rejected", "replace_path", "TEXT"),
+)
 MAX_REJECTED = 1000
+MAX_CACHED = 1000  # aggregates kept for offline reads (the most recently changed ones)
+MESSAGE = "message"
+PATCH = "patch"
 
 
 @dataclass(frozen=True)
 class QueuedMessage:
+    """A queued write: a message (``kind`` "message") or an aggregate patch ("patch")."""
+
     seq: int
     channel: str
     data: bytes  # JSON
     message_id: int
+    kind: str = MESSAGE
+    replace: str | None = None  # a patch's ``replace=`` path
 
     def item(self, agent_id: str) -> dict[str, Any]:
-        """The message as an item of the data API's batch publish."""
-        return {
+        """The write as an item of the data API's batch publish (or batch patch)."""
+        item: dict[str, Any] = {
             "agent_id": agent_id,
             "channel_name": self.channel,
             "data": jsonish.loads(self.data),
-            "message_id": str(self.message_id),
         }
+        if self.kind == PATCH:
+            if self.replace is not None:
+                item["replace"] = self.replace
+        else:
+            item["message_id"] = str(self.message_id)
+        return item
+
+
+SELECT_QUEUED = "SELECT seq, channel, data, message_id, kind, replace_path FROM queue"
+
+
+def queued(row: tuple[Any, ...]) -> QueuedMessage:
+    seq, channel, data, message_id, kind, replace = row
+    return QueuedMessage(
+        int(seq), str(channel), bytes(data), int(message_id), str(kind), replace or None
+    )
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -74,6 +117,10 @@ def connect(path: Path) -> sqlite3.Connection:
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=FULL")
     db.executescript(SCHEMA)
+    for table, column, definition in ADDED_COLUMNS:
+        present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        if column not in present:  # names and types are the constants above
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
     return db
 
 
@@ -121,9 +168,29 @@ class MessageQueue:
     ) -> QueuedMessage:
         """Accept a message (durably) or raise ``QueueFull``."""
         encoded = jsonish.dumps(data)
-        message = await self._call(self._put, channel, encoded, ts, message_id)
+        message = await self._call(self._put, channel, encoded, ts, message_id, MESSAGE, None)
         self.added.set()
         return message
+
+    async def put_patch(self, channel: str, data: Any, replace: str | None = None) -> QueuedMessage:
+        """Accept a merge-patch of ``channel``'s aggregate (durably) or raise ``QueueFull``."""
+        encoded = jsonish.dumps(data)
+        patch = await self._call(self._put, channel, encoded, None, None, PATCH, replace)
+        self.added.set()
+        return patch
+
+    async def pending(self, channel: str) -> list[QueuedMessage]:
+        """The writes to ``channel`` still waiting for the cloud, oldest first."""
+        return await self._call(self._pending, channel)
+
+    async def cached_aggregate(self, channel: str) -> dict[str, Any] | None:
+        """The last copy of ``channel``'s aggregate kept by ``keep_aggregate``, if any."""
+        return await self._call(self._cached, channel)
+
+    async def keep_aggregate(self, channel: str, aggregate: dict[str, Any] | None) -> None:
+        """Keep (durably) the cloud's copy of an aggregate; ``None`` forgets it."""
+        encoded = None if aggregate is None else jsonish.dumps(aggregate)
+        await self._call(self._keep, channel, encoded)
 
     async def peek(self, limit: int, max_bytes: int) -> list[QueuedMessage]:
         """The oldest messages, at most ``limit`` of them and about ``max_bytes``."""
@@ -176,7 +243,13 @@ class MessageQueue:
         return self._last_id
 
     def _put(
-        self, channel: str, data: bytes, ts: int | None, message_id: int | None
+        self,
+        channel: str,
+        data: bytes,
+        ts: int | None,
+        message_id: int | None,
+        kind: str,
+        replace: str | None,
     ) -> QueuedMessage:
         if self.count + 1 > self.max_messages or self.bytes + len(data) > self.max_bytes:
             raise QueueFull(
@@ -189,8 +262,9 @@ class MessageQueue:
         db.execute("BEGIN IMMEDIATE")
         try:
             cursor = db.execute(
-                "INSERT INTO queue (channel, data, message_id, enqueued_ms) VALUES (?, ?, ?, ?)",
-                (channel, data, message_id, int(time.time() * 1000)),
+                "INSERT INTO queue (channel, data, message_id, enqueued_ms, kind, replace_path) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (channel, data, message_id, int(time.time() * 1000), kind, replace),
             )
             db.execute(
                 "INSERT INTO meta VALUES ('last_id', ?) "
@@ -203,20 +277,54 @@ class MessageQueue:
             raise
         self.count += 1
         self.bytes += len(data)
-        return QueuedMessage(int(cursor.lastrowid or 0), channel, data, message_id)
+        return QueuedMessage(int(cursor.lastrowid or 0), channel, data, message_id, kind, replace)
 
     def _peek(self, limit: int, max_bytes: int) -> list[QueuedMessage]:
-        rows = self._db_().execute(
-            "SELECT seq, channel, data, message_id FROM queue ORDER BY seq LIMIT ?", (limit,)
-        )
+        rows = self._db_().execute(f"{SELECT_QUEUED} ORDER BY seq LIMIT ?", (limit,))
         found: list[QueuedMessage] = []
         size = 0
-        for seq, channel, data, message_id in rows:
-            size += len(data)
+        for row in rows:
+            size += len(row[2])
             if found and size > max_bytes:
                 break
-            found.append(QueuedMessage(int(seq), str(channel), bytes(data), int(message_id)))
+            found.append(queued(row))
         return found
+
+    def _pending(self, channel: str) -> list[QueuedMessage]:
+        rows = self._db_().execute(f"{SELECT_QUEUED} WHERE channel = ? ORDER BY seq", (channel,))
+        return [queued(row) for row in rows]
+
+    def _cached(self, channel: str) -> dict[str, Any] | None:
+        row = (
+            self._db_()
+            .execute("SELECT aggregate FROM aggregate_cache WHERE channel = ?", (channel,))
+            .fetchone()
+        )
+        if row is None:
+            return None
+        found = jsonish.loads(row[0])
+        return found if isinstance(found, dict) else None
+
+    def _keep(self, channel: str, aggregate: bytes | None) -> None:
+        db = self._db_()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if aggregate is None:
+                db.execute("DELETE FROM aggregate_cache WHERE channel = ?", (channel,))
+            else:
+                db.execute(
+                    "INSERT OR REPLACE INTO aggregate_cache VALUES (?, ?, ?)",
+                    (channel, aggregate, int(time.time() * 1000)),
+                )
+                db.execute(
+                    "DELETE FROM aggregate_cache WHERE channel NOT IN (SELECT channel FROM "
+                    "aggregate_cache ORDER BY stored_ms DESC, rowid DESC LIMIT ?)",
+                    (MAX_CACHED,),
+                )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     def _remove(self, messages: list[QueuedMessage], refused: dict[int, str]) -> None:
         if not messages:
@@ -227,9 +335,10 @@ class MessageQueue:
         try:
             db.executemany("DELETE FROM queue WHERE seq = ?", [(m.seq,) for m in messages])
             db.executemany(
-                "INSERT OR REPLACE INTO rejected VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO rejected (seq, channel, data, message_id, error, "
+                "rejected_ms, kind, replace_path) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (m.seq, m.channel, m.data, m.message_id, refused[m.seq], now)
+                    (m.seq, m.channel, m.data, m.message_id, refused[m.seq], now, m.kind, m.replace)
                     for m in messages
                     if m.seq in refused
                 ],

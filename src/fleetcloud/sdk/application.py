@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import json
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from fleetcloud.core.errors import NotFound
 from fleetcloud.sdk.config import Schema
@@ -38,10 +38,18 @@ class _Unbound:
         raise AppError("the data API is only available during an invocation (run_app)")
 
 
-class DeviceAgent:
-    """``app.device_agent``: the device apps' publishing call, for code shared with them."""
+class _Publisher(Protocol):
+    """What ``DeviceAgent`` needs of an app (a processor's or a device app's)."""
 
-    def __init__(self, app: Application) -> None:
+    agent_id: int
+    api: DataClient
+
+
+class DeviceAgent:
+    """``app.device_agent``: the device apps' publishing call (processors have it too, for
+    code shared with device apps)."""
+
+    def __init__(self, app: _Publisher) -> None:
         self._app = app
 
     async def publish_to_channel_async(self, channel_name: str, data: Any) -> None:

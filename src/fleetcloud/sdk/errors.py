@@ -12,6 +12,8 @@ They extend fleetcloud's tree (``fleetcloud.core.errors``)::
         ├── InvokingChannelWrite        the app wrote to the channel that invoked it
         ├── NotJsonSerializable         a tag or payload that JSON cannot carry (a TypeError)
         └── DataApiUnavailable          the data API could not be reached (retriable)
+            └── AgentUnavailable        a device app: the device agent's local API did not
+                                        answer (is ``fleetcloud agent`` running?)
 
 httpx's own exceptions never reach an app: the transport translates them here.
 """
@@ -51,3 +53,7 @@ class NotJsonSerializable(AppError, TypeError):
 
 class DataApiUnavailable(AppError):
     retriable = True
+
+
+class AgentUnavailable(DataApiUnavailable):
+    """A device app could not reach the device agent's local API."""

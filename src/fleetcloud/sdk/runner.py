@@ -36,7 +36,7 @@ from fleetcloud.sdk.envelope import Invocation, resolve_api_url
 from fleetcloud.sdk.errors import AppError
 from fleetcloud.sdk.events import AggregateUpdateEvent, Event, MessageCreateEvent, parse_event
 from fleetcloud.sdk.transport import HttpTransport, Transport
-from fleetcloud.sdk.ui_manager import HANDLED_TAG, callbacks_of
+from fleetcloud.sdk.ui_manager import callbacks_of, deliver_commands, remember_coerced
 
 log = logging.getLogger("fleetcloud.sdk")
 T = TypeVar("T")
@@ -183,21 +183,12 @@ async def _step(run: _Run, call: Callable[[], Awaitable[Any] | Any]) -> None:
 
 
 async def _deliver_commands(app: Application, event: Event) -> None:
-    manager = app.ui_manager
-    manager.adopt_previous()
-    if not callbacks_of(app):
-        return
-    handled = await app.get_tag(HANDLED_TAG, {})
-    record = await manager.dispatch(app, handled, own_command_message(app, event))
-    await app.set_tag(HANDLED_TAG, record)
+    await deliver_commands(app.ui_manager, app, app._tags, own_command_message(app, event))
 
 
 async def _finish(app: Application, run: _Run) -> None:
     """Flush tags, then push the UI (even after a handler error)."""
-    if app.ui_manager.coerced_values and callbacks_of(app):
-        handled = await app.get_tag(HANDLED_TAG, {})
-        values = {**(handled.get("values") or {}), **app.ui_manager.coerced_values}
-        await app.set_tag(HANDLED_TAG, {**handled, "values": values})
+    remember_coerced(app.ui_manager, app, app._tags)
 
     async def flush() -> None:
         patch = app._tags.flush_patch()

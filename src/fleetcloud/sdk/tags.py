@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from fleetcloud.core.merge import merge_patch
 from fleetcloud.sdk.codec import normalize
 
 
@@ -48,6 +49,15 @@ class TagBuffer:
             self._current.pop(key, None)
         else:
             self._current[key] = normalize(value, f"tag {key!r}")
+
+    def rebase(self, tag_values: dict[str, Any]) -> None:
+        """A newer ``tag_values`` (a device app reads it every loop): the new baseline, with
+        this buffer's changes that were not flushed yet kept on top."""
+        unflushed = diff(self._original, self._current)
+        self._snapshot = tag_values
+        own = tag_values.get(self.app_key)
+        self._original = copy.deepcopy(own) if isinstance(own, dict) else {}
+        self._current = merge_patch(copy.deepcopy(self._original), unflushed)
 
     def own(self) -> dict[str, Any]:
         return copy.deepcopy(self._current)

@@ -138,10 +138,92 @@ class FakeDataAPI:
             raise NotFound(f"agent {agent_id} does not exist")
 
 
+def find_element(node: Mapping[str, Any], name: str) -> dict[str, Any] | None:
+    """The rendered component ``name`` inside ``node`` (searched through submodules)."""
+    pending = [node]
+    while pending:
+        current = pending.pop()
+        children = current.get("children") or {}
+        if name in children:
+            found: dict[str, Any] = children[name]
+            return found
+        pending.extend(child for child in children.values() if isinstance(child, Mapping))
+    return None
+
+
+class Observed:
+    """What an app did, read from a ``FakeDataAPI`` (shared by the processor and device
+    harnesses): ``api`` is the fake, ``agent_id`` the app's agent, ``app_key`` its key."""
+
+    api: FakeDataAPI
+    agent_id: int
+    app_key: str
+
+    def published(self, channel: str | None = None, *, agent_id: int | None = None) -> list[Any]:
+        """The data of every message the app published (optionally to one channel/agent)."""
+        return [
+            call.data
+            for call in self.api.calls
+            if call.method == "publish"
+            and (channel is None or call.channel == channel)
+            and (agent_id is None or call.agent_id == agent_id)
+        ]
+
+    def writes(self, channel: str, calls: list[Call] | None = None) -> list[Call]:
+        """The app's writes (messages and aggregate patches) to ``channel``."""
+        return [
+            call for call in (self.api.calls if calls is None else calls) if call.channel == channel
+        ]
+
+    @property
+    def tag_values(self) -> Any:
+        return self.api.aggregate(self.agent_id, TAG_CHANNEL)
+
+    @property
+    def tags(self) -> dict[str, Any]:
+        own = self.tag_values.get(self.app_key)
+        return dict(own) if isinstance(own, dict) else {}
+
+    @property
+    def ui_state(self) -> dict[str, Any] | None:
+        """This app's ``uiApplication`` in ``ui_state`` (``None`` if it never pushed)."""
+        return app_node(self.api.aggregate(self.agent_id, UI_STATE_CHANNEL), self.app_key)
+
+    def ui_element(self, name: str) -> dict[str, Any] | None:
+        """The rendered component ``name`` (searched through submodules)."""
+        return find_element(self.ui_state or {}, name)
+
+    @property
+    def ui_cmds(self) -> Any:
+        return self.api.aggregate(self.agent_id, UI_CMDS_CHANNEL)
+
+    @property
+    def connection(self) -> Any:
+        """The ``doover_connection`` aggregate (what ``ping_connection`` wrote)."""
+        return self.api.aggregate(self.agent_id, CONNECTION_CHANNEL)
+
+    @property
+    def pings(self) -> list[Any]:
+        return self.published(CONNECTION_CHANNEL)
+
+    @property
+    def alerts(self) -> list[Any]:
+        """Alerts the app sent (``significantEvent`` messages)."""
+        return self.published(ALERT_CHANNEL)
+
+    def messages(self, channel: str, *, agent_id: int | None = None) -> list[Any]:
+        """Every message's data in ``channel`` (by anyone), oldest first."""
+        owner = self.agent_id if agent_id is None else agent_id
+        return [m["data"] for m in self.api.history(owner, channel)]
+
+    def aggregate(self, channel: str, *, agent_id: int | None = None) -> Any:
+        return self.api.aggregate(self.agent_id if agent_id is None else agent_id, channel)
+
+
 AppSource = Application | Callable[[], Application]
 
 
-class AppHarness:
+class AppHarness(Observed):
     """Runs one app against a ``FakeDataAPI``; see the module docstring.
 
     ``app``: an ``Application`` (reused) or a factory called per invocation, as the seed's
@@ -336,75 +418,5 @@ class AppHarness:
             raise ValueError("this harness runs a handler, not an app")
         return self._app if isinstance(self._app, Application) else self._app()
 
-    # ------------------------------------------------------------ what the app did
 
-    def published(self, channel: str | None = None, *, agent_id: int | None = None) -> list[Any]:
-        """The data of every message the app published (optionally to one channel/agent)."""
-        return [
-            call.data
-            for call in self.api.calls
-            if call.method == "publish"
-            and (channel is None or call.channel == channel)
-            and (agent_id is None or call.agent_id == agent_id)
-        ]
-
-    def writes(self, channel: str, calls: list[Call] | None = None) -> list[Call]:
-        """The app's writes (messages and aggregate patches) to ``channel``."""
-        return [
-            call for call in (self.api.calls if calls is None else calls) if call.channel == channel
-        ]
-
-    @property
-    def tag_values(self) -> Any:
-        return self.api.aggregate(self.agent_id, TAG_CHANNEL)
-
-    @property
-    def tags(self) -> dict[str, Any]:
-        own = self.tag_values.get(self.app_key)
-        return dict(own) if isinstance(own, dict) else {}
-
-    @property
-    def ui_state(self) -> dict[str, Any] | None:
-        """This app's ``uiApplication`` in ``ui_state`` (``None`` if it never pushed)."""
-        return app_node(self.api.aggregate(self.agent_id, UI_STATE_CHANNEL), self.app_key)
-
-    def ui_element(self, name: str) -> dict[str, Any] | None:
-        """The rendered component ``name`` (searched through submodules)."""
-        pending = [self.ui_state or {}]
-        while pending:
-            node = pending.pop()
-            children = node.get("children") or {}
-            if name in children:
-                found: dict[str, Any] = children[name]
-                return found
-            pending.extend(child for child in children.values() if isinstance(child, dict))
-        return None
-
-    @property
-    def ui_cmds(self) -> Any:
-        return self.api.aggregate(self.agent_id, UI_CMDS_CHANNEL)
-
-    @property
-    def connection(self) -> Any:
-        """The ``doover_connection`` aggregate (what ``ping_connection`` wrote)."""
-        return self.api.aggregate(self.agent_id, CONNECTION_CHANNEL)
-
-    @property
-    def pings(self) -> list[Any]:
-        return self.published(CONNECTION_CHANNEL)
-
-    @property
-    def alerts(self) -> list[Any]:
-        """Alerts the app sent (``significantEvent`` messages)."""
-        return self.published(ALERT_CHANNEL)
-
-    def messages(self, channel: str, *, agent_id: int | None = None) -> list[Any]:
-        """Every message's data in ``channel`` (by anyone), oldest first."""
-        owner = self.agent_id if agent_id is None else agent_id
-        return [m["data"] for m in self.api.history(owner, channel)]
-
-    def aggregate(self, channel: str, *, agent_id: int | None = None) -> Any:
-        return self.api.aggregate(self.agent_id if agent_id is None else agent_id, channel)
-
-
-__all__ = ["AppHarness", "Call", "FakeDataAPI"]
+__all__ = ["AppHarness", "Call", "FakeDataAPI", "Observed", "find_element"]

@@ -27,6 +27,7 @@ from typing import Any
 
 from fleetcloud.sdk.data import ALERT_CHANNEL, UI_CMDS_CHANNEL, UI_STATE_CHANNEL, DataClient
 from fleetcloud.sdk.errors import AppError
+from fleetcloud.sdk.tags import TagBuffer
 from fleetcloud.sdk.ui import ApplicationVariant, Element, Interaction, callback_name
 
 HANDLED_TAG = "_ui_cmds_handled"
@@ -41,6 +42,27 @@ def callbacks_of(owner: object) -> dict[str, Callable[..., Any]]:
             if name is not None:
                 found[name] = getattr(owner, attribute)
     return found
+
+
+async def deliver_commands(
+    manager: UIManager, owner: object, tags: TagBuffer, message: tuple[Any, Any] | None = None
+) -> None:
+    """Refresh the components from the last push and ``ui_cmds``, then call ``owner``'s
+    callbacks for the pending commands; what was handled goes to the ``HANDLED_TAG`` tag."""
+    manager.adopt_previous()
+    if not callbacks_of(owner):
+        return
+    handled = tags.get(HANDLED_TAG, {})
+    tags.set(HANDLED_TAG, await manager.dispatch(owner, handled, message))
+
+
+def remember_coerced(manager: UIManager, owner: object, tags: TagBuffer) -> None:
+    """Values the app coerced count as handled: they must not come back as commands."""
+    if manager.coerced_values and callbacks_of(owner):
+        handled = tags.get(HANDLED_TAG, {})
+        values = {**(handled.get("values") or {}), **manager.coerced_values}
+        tags.set(HANDLED_TAG, {**handled, "values": values})
+    manager.coerced_values.clear()
 
 
 def pending_commands(
@@ -163,6 +185,10 @@ class UIManager:
         self._baseline = app_node(ui_state, self.app_key or "")
         self._cmds = dict(ui_cmds)
 
+    def load_cmds(self, ui_cmds: Mapping[str, Any]) -> None:
+        """A newer ``ui_cmds`` aggregate (a device app reads it every loop)."""
+        self._cmds = dict(ui_cmds)
+
     def adopt_previous(self) -> None:
         """Fill unset values from the last push, and interactions from ``ui_cmds``."""
         previous: dict[str, dict[str, Any]] = {}
@@ -226,12 +252,11 @@ class UIManager:
             for name, value in self._pending_cmds.items()
             if self._cmds.get(f"{self.app_key}_{name}") != value
         }
+        if patch:  # (kept pending until written: a device app retries at its next loop)
+            await api.update_aggregate(self._agent_id or 0, UI_CMDS_CHANNEL, patch)
+            self._cmds.update(patch)
         self._pending_cmds.clear()
-        if not patch:
-            return False
-        await api.update_aggregate(self._agent_id or 0, UI_CMDS_CHANNEL, patch)
-        self._cmds.update(patch)
-        return True
+        return bool(patch)
 
     def _state_changed(self, rendered: dict[str, Any]) -> bool:
         if self._baseline is None and not rendered["children"]:

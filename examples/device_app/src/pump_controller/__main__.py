@@ -1,0 +1,5 @@
+"""``python -m pump_controller``."""
+
+from pump_controller import main
+
+raise SystemExit(main())
