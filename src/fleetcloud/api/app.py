@@ -14,7 +14,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
-from fleetcloud.api import agents, batch, channels, commands, gateway, jobs
+from fleetcloud import console
+from fleetcloud.api import agents, apps, batch, channels, commands, gateway, jobs
 from fleetcloud.api.http import JSONResponse
 from fleetcloud.api.metrics import MetricsMiddleware, metrics_endpoint
 from fleetcloud.api.openapi import docs_page, openapi_json
@@ -81,6 +82,8 @@ def routes() -> list[BaseRoute]:
         WebSocketRoute("/api/gateway", gateway.endpoint),
         *jobs.routes(),
         *commands.routes(),
+        *apps.routes(),
+        *console.routes(),  # the web console: pages at /, docs/console.md
     ]
 
 
