@@ -14,6 +14,8 @@ import click
 
 from fleetcloud import __version__
 from fleetcloud.agent.cli import agent as agent_command
+from fleetcloud.apps.cli import app_group
+from fleetcloud.commands import cli as commands_cli
 from fleetcloud.core import jsonish
 from fleetcloud.core.errors import FleetError
 from fleetcloud.settings import DEFAULT_DATABASE, Settings
@@ -108,6 +110,16 @@ def main() -> None:
 @click.option(
     "--log-level", default="info", show_default=True, help="debug, info, warning or error"
 )
+@click.option(
+    "--mqtt-url",
+    envvar="FLEETCLOUD_MQTT_URL",
+    help="Run the MQTT connector: mqtt://USER:PASSWORD@HOST:PORT [env FLEETCLOUD_MQTT_URL]",
+)
+@click.option(
+    "--parsers-dir",
+    envvar="FLEETCLOUD_PARSERS_DIR",
+    help="A directory of parser scripts [env FLEETCLOUD_PARSERS_DIR]",
+)
 def serve(
     host: str,
     port: int,
@@ -116,13 +128,17 @@ def serve(
     demo: bool | None,
     log_format: str,
     log_level: str,
+    mqtt_url: str | None,
+    parsers_dir: str | None,
 ) -> None:
     """Run the platform: HTTP API, websocket gateway and event bus, in one process."""
     import uvicorn
 
     from fleetcloud import logs
     from fleetcloud.api.app import Service, create_app
+    from fleetcloud.apps.service import services as apps_services
     from fleetcloud.demo import running
+    from fleetcloud.jobs import service as jobs
     from fleetcloud.platform import Platform
 
     settings = Settings(database_url=database, bus_url=bus_url, host=host, port=port)
@@ -131,10 +147,22 @@ def serve(
     if demo is None:
         demo = is_new_database(database)
     url = f"http://{host}:{port}"
-    services: list[Service] = [functools.partial(running, url=url)] if demo else []
+    services: list[Service] = [jobs.running]  # job timeouts and rollouts
+    services.extend(apps_services(url))  # cloud apps: dispatcher (workers) and scheduler
+    if demo:
+        services.append(functools.partial(running, url=url))
+    mqtt = commands_cli.mqtt_service_from_options(mqtt_url, parsers_dir)
+    if mqtt is not None:
+        services.append(mqtt)  # the MQTT connector: commands out, uplinks in
     app = create_app(platform, services=services)
     config = uvicorn.Config(
-        app, host=host, port=port, log_level=log_level.lower(), access_log=False, log_config=None
+        app,
+        host=host,
+        port=port,
+        log_level=log_level.lower(),
+        access_log=False,
+        log_config=None,
+        timeout_graceful_shutdown=5,  # long-polls would otherwise hold a stop for a minute
     )
     uvicorn.Server(config).run()
 
@@ -212,6 +240,43 @@ def device_create(name: str, organisation_id: int, database: str, as_json: bool)
     )
 
 
+@device.group("provisioning-key")
+def provisioning_key() -> None:
+    """Provisioning keys: a device registers itself with one (POST /api/v1/device/register)."""
+
+
+@provisioning_key.command("create")
+@click.option("--org", "organisation_id", required=True, type=int, help="Organisation id")
+@click.option("--label", default="", help="What the key is for")
+@click.option("--expires-in", "ttl", type=click.IntRange(min=1), help="Seconds until it expires")
+@click.option("--max-uses", type=click.IntRange(min=1), help="How many devices it may register")
+@database_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts")
+def provisioning_key_create(
+    organisation_id: int,
+    label: str,
+    ttl: int | None,
+    max_uses: int | None,
+    database: str,
+    as_json: bool,
+) -> None:
+    """Create a provisioning key for an organisation and print it (shown once)."""
+    from fleetcloud.jobs.devices import create_provisioning_key
+    from fleetcloud.store import open_store
+
+    async def create() -> dict[str, Any]:
+        async with open_store(database) as store:
+            key, secret = await store.write(
+                create_provisioning_key(
+                    organisation_id, label=label, ttl_seconds=ttl, max_uses=max_uses
+                )
+            )
+        return {**key.to_json(), "provisioning_key": secret}
+
+    result = run(create())
+    emit(result, as_json, f"provisioning key (shown once): {result['provisioning_key']}")
+
+
 # ---------------------------------------------------------------- client commands
 
 
@@ -272,6 +337,9 @@ def channels(agent_id: str, url: str, token: str, tail: bool, only: tuple[str, .
 
 
 main.add_command(agent_command)  # fleetcloud agent [status|history]: the device agent
+main.add_command(app_group)  # fleetcloud app new|build|deploy|install|invoke|logs
+for _command in commands_cli.COMMANDS:  # push, commands, command, parser, mqtt
+    main.add_command(_command)
 
 
 if __name__ == "__main__":

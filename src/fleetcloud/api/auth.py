@@ -6,21 +6,29 @@ may not do):
 - an **admin** token may read and write every agent of its organisation;
 - any other token may write its own agent's channels and those of the agents in its
   scopes (app invocations), and read its organisation's public channels;
-- a **private** channel is readable only by whoever may write to it.
+- a **private** channel is readable only by whoever may write to it;
+- a feature may add a check for the requests its own role's tokens make
+  (``ROLE_GUARDS``; the apps feature refuses an invocation token's writes to the channel
+  that invoked it).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 
 from starlette.requests import HTTPConnection
 
 from fleetcloud.core.errors import Forbidden, NotFound, Unauthorized
-from fleetcloud.core.types import Agent, Channel, Principal
+from fleetcloud.core.types import Agent, Channel, Principal, Role
 from fleetcloud.store import agents
 from fleetcloud.store.base import Store
 
 ORGANISATION_HEADER = "x-doover-organisation"
+
+RequestGuard = Callable[[HTTPConnection, Principal, str], Awaitable[None]]
+ROLE_GUARDS: dict[Role, RequestGuard] = {}
+"""Per role, a check run on every authenticated request (with the token) that may raise."""
 
 
 class Authenticator:
@@ -54,6 +62,9 @@ class Authenticator:
         organisation = conn.headers.get(ORGANISATION_HEADER)
         if organisation and organisation.strip() != str(principal.organisation_id):
             raise Forbidden(f"the token does not belong to organisation {organisation.strip()}")
+        guard = ROLE_GUARDS.get(principal.role)
+        if guard is not None:
+            await guard(conn, principal, token.strip())
         return principal
 
     async def agent(self, principal: Principal, agent_id: int) -> Agent:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fleetcloud.apps.schema import MIGRATIONS as APP_MIGRATIONS
 from fleetcloud.commands.schema import MIGRATIONS as COMMAND_MIGRATIONS
 from fleetcloud.jobs.schema import MIGRATIONS as JOB_MIGRATIONS
 
@@ -112,6 +113,7 @@ MIGRATIONS: tuple[Migration, ...] = (
 FEATURE_MIGRATIONS: tuple[Migration, ...] = (
     *(Migration(*migration) for migration in COMMAND_MIGRATIONS),
     *(Migration(*migration) for migration in JOB_MIGRATIONS),
+    *(Migration(*migration) for migration in APP_MIGRATIONS),
 )
 
 

@@ -1,0 +1,501 @@
+"""Commands benchmark: Kafka → fleetcloud → Mosquitto → device, and MQTT uplinks.
+
+    uv run python -m benchmarks.commands               # updates docs/benchmarks.md
+    uv run python -m benchmarks.commands --quick       # a smoke run
+    uv run python -m benchmarks.commands --no-write    # print only
+
+It starts a tansu broker (Kafka protocol), a Mosquitto configured by ``fleetcloud mqtt
+broker-config`` and ``fleetcloud serve --bus kafka://… --mqtt-url …`` on SQLite, each a
+process on a free loopback port, and measures:
+
+1. **latency at a steady rate**: ``PusherService`` (this process) pushes ``--rate``
+   commands/s to Kafka for ``--seconds``, spread over ``--devices`` devices; a subscriber
+   to every device's command topic (this process) takes the time each arrives. Push →
+   device-receive p50/p99 (the first second is warm-up and not counted).
+2. **ceiling**: ``--burst`` commands pushed at once; the rate at which they reach devices.
+3. **uplinks**: ``mosquitto_pub -l`` processes publish ``--uplinks`` JSON readings (QoS 0)
+   to ``fleetcloud/<id>/channels/bench``; the rate at which they become channel messages
+   in the database, next to the **raw** rate of the same publishers to ``mosquitto_sub``
+   through the same broker, measured in the same run.
+
+Afterwards it checks that every pushed command reached a device and ended ``DELIVERED``.
+The machine is shared by every process here: each phase reports the load average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import orjson
+from tests.servers.fleetcloud import FLEETCLOUD, Server
+from tests.servers.kafka import tansu_broker
+from tests.servers.mosquitto import free_port, mosquitto_broker
+
+from benchmarks.ingest import machine
+from fleetcloud.commands import CommandMessage, PusherService
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs" / "benchmarks.md"
+BEGIN = "<!-- benchmarks.commands:begin (written by `python -m benchmarks.commands`) -->"
+END = "<!-- benchmarks.commands:end -->"
+TICK = 0.01  # seconds between push batches at a steady rate
+
+
+def cli_json(*args: str) -> dict[str, Any]:
+    done = subprocess.run([*FLEETCLOUD, *args], capture_output=True, text=True, check=True)
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+@dataclass
+class Fleet:
+    database: Path
+    organisation: str
+    devices: list[str]
+
+
+def create_fleet(directory: Path, devices: int) -> Fleet:
+    database = directory / "fleet.db"
+    url = f"sqlite:///{database}"
+    org = cli_json("org", "create", "bench", "--database", url, "--json")
+    ids = [
+        cli_json(
+            "device", "create", f"d{n}", "--org", org["organisation_id"], "--database", url,
+            "--json",
+        )["agent_id"]
+        for n in range(devices)
+    ]  # fmt: skip
+    return Fleet(database, org["organisation_id"], ids)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q / 100))]
+
+
+def load() -> str:
+    return "/".join(f"{v:.1f}" for v in os.getloadavg())
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# ---------------------------------------------------------------- commands
+
+
+@dataclass
+class Observer:
+    """Every device's command topic, seen from one MQTT client."""
+
+    arrived: dict[str, float] = field(default_factory=dict)
+
+    async def run(self, client: aiomqtt.Client) -> None:
+        await client.subscribe("fleetcloud/+/commands", qos=0)
+        async for message in client.messages:
+            if isinstance(message.payload, bytes):
+                self.arrived[orjson.loads(message.payload)["request_id"]] = time.perf_counter()
+
+
+def command_for(device: str) -> CommandMessage:
+    return CommandMessage(
+        device_id=device,
+        command_type="set_led",
+        payload={"state": "on"},
+        protocol="mqtt",
+        parser_script_ref="json_passthrough.py",
+        metadata={"topic": f"fleetcloud/{device}/commands", "qos": 1},
+    )
+
+
+async def steady(
+    pusher: PusherService, observer: Observer, devices: list[str], rate: int, seconds: float
+) -> dict[str, Any]:
+    per_tick = max(int(rate * TICK), 1)
+    pushed: dict[str, float] = {}
+    tasks: list[asyncio.Task[bool]] = []
+    start = time.perf_counter()
+    ticks = int(seconds / TICK)
+    for tick in range(ticks):
+        await asyncio.sleep(max(start + tick * TICK - time.perf_counter(), 0))
+        for n in range(per_tick):
+            command = command_for(devices[(tick * per_tick + n) % len(devices)])
+            pushed[command.request_id] = time.perf_counter()
+            tasks.append(asyncio.ensure_future(pusher.push_command(command)))
+    results = await asyncio.gather(*tasks)
+    if not all(results):
+        print(f"  {results.count(False)} pushes failed", flush=True)
+    deadline = time.perf_counter() + 30
+    while len(observer.arrived.keys() & pushed.keys()) < len(pushed):
+        if time.perf_counter() > deadline:
+            break
+        await asyncio.sleep(0.05)
+    warm = start + 1.0
+    latencies = [
+        (observer.arrived[rid] - at) * 1000
+        for rid, at in pushed.items()
+        if at >= warm and rid in observer.arrived
+    ]
+    return {
+        "pushed": len(pushed),
+        "received": len(observer.arrived.keys() & pushed.keys()),
+        "p50_ms": percentile(latencies, 50),
+        "p99_ms": percentile(latencies, 99),
+        "max_ms": max(latencies, default=float("nan")),
+        "load": load(),
+    }
+
+
+async def burst(
+    pusher: PusherService, observer: Observer, devices: list[str], count: int
+) -> dict[str, Any]:
+    commands = [command_for(devices[n % len(devices)]) for n in range(count)]
+    start = time.perf_counter()
+    accepted = []
+    for first in range(0, count, 500):  # at most 500 produce requests in flight
+        chunk = commands[first : first + 500]
+        results = await asyncio.gather(*(pusher.push_command(c) for c in chunk))
+        accepted += [c for c, ok in zip(chunk, results, strict=True) if ok]
+    pushed_at = time.perf_counter()
+    ids = {c.request_id for c in accepted}
+    count = len(ids)
+    deadline = start + 120
+    while len(observer.arrived.keys() & ids) < count:
+        if time.perf_counter() > deadline:
+            break
+        await asyncio.sleep(0.05)
+    received = [observer.arrived[r] for r in ids if r in observer.arrived]
+    elapsed = (max(received) - start) if received else float("nan")
+    return {
+        "pushed": count,
+        "received": len(received),
+        "push_rate": count / (pushed_at - start),
+        "rate": len(received) / elapsed,
+        "load": load(),
+    }
+
+
+# ---------------------------------------------------------------- uplinks
+
+
+def publishers(
+    port: int, user: str, password: str, devices: list[str], count: int, topic: str
+) -> list[subprocess.Popen[bytes]]:
+    per = count // len(devices)
+    started = []
+    for device in devices:
+        process = subprocess.Popen(
+            ["mosquitto_pub", "-p", str(port), "-u", user, "-P", password, "-q", "0", "-l",
+             "-t", topic.format(device=device)],
+            stdin=subprocess.PIPE,
+        )  # fmt: skip
+        started.append(process)
+    lines = b"".join(b'{"seq":%d,"temperature":21.5,"ok":true}\n' % n for n in range(per))
+    for process in started:
+        assert process.stdin is not None
+        process.stdin.write(lines)
+        process.stdin.close()
+    return started
+
+
+def raw_rate(port: int, user: str, password: str, devices: list[str], count: int) -> dict[str, Any]:
+    """mosquitto_pub → mosquitto_sub through the same broker."""
+    per = count // len(devices)
+    total = per * len(devices)
+    sub = subprocess.Popen(
+        ["mosquitto_sub", "-p", str(port), "-u", user, "-P", password, "-q", "0",
+         "-t", "bench/raw/#", "-C", str(total), "-W", "120"],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    time.sleep(0.5)
+    start = time.perf_counter()
+    pubs = publishers(port, user, password, devices, count, "bench/raw/{device}")
+    sub.wait(timeout=150)
+    elapsed = time.perf_counter() - start
+    for pub in pubs:
+        pub.wait(timeout=30)
+    return {"count": total, "rate": total / elapsed, "complete": sub.returncode == 0}
+
+
+async def raw_python_rate(
+    port: int, user: str, password: str, devices: list[str], count: int
+) -> dict[str, Any]:
+    """mosquitto_pub → one aiomqtt subscriber (the connector's client library), same
+    broker: what a Python MQTT consumer gets before doing any work."""
+    total = (count // len(devices)) * len(devices)
+    received = 0
+    async with aiomqtt.Client(
+        "127.0.0.1", port, username=user, password=password, identifier="bench-raw"
+    ) as client:
+        await client.subscribe("bench/rawpy/#", qos=0)
+        start = time.perf_counter()
+        pubs = publishers(port, user, password, devices, count, "bench/rawpy/{device}")
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(120):
+                async for _ in client.messages:
+                    received += 1
+                    if received == total:
+                        break
+        elapsed = time.perf_counter() - start
+    for pub in pubs:
+        pub.wait(timeout=30)
+    return {"count": total, "received": received, "rate": received / elapsed}
+
+
+def stored(database: Path) -> int:
+    with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM messages m JOIN channels c ON c.id = m.channel_id "
+            "WHERE c.name = 'bench'"
+        ).fetchone()
+    return int(row[0])
+
+
+def uplink_rate(
+    fleet: Fleet, port: int, user: str, password: str, count: int, pid: int
+) -> dict[str, Any]:
+    before = stored(fleet.database)
+    cpu_before = cpu_seconds(pid)
+    total = (count // len(fleet.devices)) * len(fleet.devices)
+    start = time.perf_counter()
+    pubs = publishers(
+        port, user, password, fleet.devices, count, "fleetcloud/{device}/channels/bench"
+    )
+    last, last_change, now = before, start, start
+    while True:
+        time.sleep(0.05)
+        now = time.perf_counter()
+        current = stored(fleet.database)
+        if current != last:
+            last, last_change = current, now
+        if current - before >= total or now - last_change > 5:
+            break
+    for pub in pubs:
+        pub.wait(timeout=30)
+    landed = last - before
+    return {
+        "count": total,
+        "landed": landed,
+        "rate": landed / (last_change - start),
+        "load": load(),
+        "server_cpu_us": (cpu_seconds(pid) - cpu_before) * 1e6 / max(landed, 1),
+    }
+
+
+# ---------------------------------------------------------------- the run
+
+
+def statuses(database: Path) -> dict[str, int]:
+    with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as conn:
+        rows = conn.execute("SELECT status, count(*) FROM commands GROUP BY status").fetchall()
+    return {str(s): int(c) for s, c in rows}
+
+
+async def command_phases(
+    options: argparse.Namespace, fleet: Fleet, kafka: str, mqtt_port: int, secret: str, pid: int
+) -> dict[str, Any]:
+    pusher = PusherService(kafka_bootstrap_servers=kafka, command_topic="device_commands")
+    if not await pusher.initialize():
+        raise RuntimeError("cannot reach the Kafka broker")
+    observer = Observer()
+    async with aiomqtt.Client(
+        "127.0.0.1", mqtt_port, username="fleetcloud-connector", password=secret,
+        identifier="bench-observer", max_queued_incoming_messages=0,
+    ) as client:  # fmt: skip
+        watching = asyncio.ensure_future(observer.run(client))
+        try:
+            await asyncio.sleep(0.5)
+            await steady(pusher, observer, fleet.devices, 50, 2.0)  # warm everything up
+            rates = []
+            for target in options.rates:
+                print(
+                    f"steady {target}/s for {options.seconds:g} s (server pid {pid}) …", flush=True
+                )
+                before = cpu_seconds(pid)
+                rate = await steady(pusher, observer, fleet.devices, target, options.seconds)
+                rate["rate"] = target
+                rate["server_cpu_ms"] = (cpu_seconds(pid) - before) * 1000 / rate["pushed"]
+                rates.append(rate)
+            print(f"burst of {options.burst} …", flush=True)
+            before = cpu_seconds(pid)
+            ceiling = await burst(pusher, observer, fleet.devices, options.burst)
+            ceiling["server_cpu_ms"] = (cpu_seconds(pid) - before) * 1000 / ceiling["pushed"]
+        finally:
+            watching.cancel()
+            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                await watching
+            await pusher.close()
+    return {"steady": rates, "burst": ceiling}
+
+
+def markdown(figures: dict[str, Any], options: argparse.Namespace, command: str) -> str:
+    about = machine()
+    steady, ceiling = figures["steady"], figures["burst"]
+    uplink, raw, raw_py = figures["uplink"], figures["raw"], figures["raw_python"]
+    share = uplink["rate"] / raw["rate"] if raw["rate"] else float("nan")
+    share_py = uplink["rate"] / raw_py["rate"] if raw_py["rate"] else float("nan")
+    return "\n".join(
+        [
+            "## Commands and MQTT uplinks: `benchmarks/commands.py`",
+            "",
+            "```bash",
+            "uv run python -m benchmarks.commands                # rewrites this section",
+            "uv run python -m benchmarks.commands --quick --no-write  # a smoke run, prints only",
+            "```",
+            "",
+            "tansu (Kafka protocol), Mosquitto (configured by `fleetcloud mqtt broker-config`) and",
+            "`fleetcloud serve --bus kafka://… --mqtt-url …` on SQLite, each its own process. The",
+            "load generator pushes with `PusherService` over Kafka and times each command's",
+            "arrival on the device topics (one MQTT subscriber); the ceiling is a burst pushed",
+            "at once; uplinks are JSON readings published by `mosquitto_pub -l` (QoS 0) and",
+            "counted in the database, next to the same publishers' raw rate through the broker.",
+            "Server CPU is the server process's user + system time per command or message.",
+            "",
+            f"`{command}` — {about['date']}, {about['nproc']} cores ({about['cpu']}), "
+            f"Python {about['python']}; tansu, Mosquitto, `fleetcloud serve` (SQLite) and the "
+            "load generator all on this machine. Load average before the run: "
+            f"{figures['load_before']}.",
+            "",
+            "| what | figure | target |",
+            "|---|---|---|",
+            *(
+                f"| push → device, steady {r['rate']:,} commands/s over {options.devices} devices "
+                f"(Kafka → connector → Mosquitto) | p50 {r['p50_ms']:.1f} ms, p99 "
+                f"{r['p99_ms']:.1f} ms (max {r['max_ms']:.0f} ms); "
+                f"{r['received']:,}/{r['pushed']:,} received; server CPU "
+                f"{r['server_cpu_ms']:.2f} ms/command | p99 < 50 ms at 1,000/s |"
+                for r in steady
+            ),
+            f"| command ceiling (burst of {ceiling['pushed']:,}) | {ceiling['rate']:,.0f} "
+            f"commands/s reach devices ({ceiling['received']:,} received; pushed at "
+            f"{ceiling['push_rate']:,.0f}/s; server CPU {ceiling['server_cpu_ms']:.2f} "
+            "ms/command) | |",
+            f"| MQTT uplink → channel messages (QoS 0, {len(options.devices_for_uplinks)} "
+            f"publishers) | {uplink['rate']:,.0f} msg/s ({uplink['landed']:,}/"
+            f"{uplink['count']:,} stored; server CPU {uplink['server_cpu_us']:.0f} µs/msg) "
+            "| ≥ 10,000 msg/s |",
+            f"| Mosquitto raw, same publishers → `mosquitto_sub` (C) | {raw['rate']:,.0f} msg/s "
+            f"| uplink ≥ 1/3 of it: {share:.0%} |",
+            f"| Mosquitto raw, same publishers → one aiomqtt subscriber (Python, no work) | "
+            f"{raw_py['rate']:,.0f} msg/s ({raw_py['received']:,}/{raw_py['count']:,}) "
+            f"| uplink / this: {share_py:.0%} |",
+            "",
+            f"Final statuses: {figures['statuses']}. Load average after each phase: steady "
+            f"{', '.join(r['load'] for r in steady)}; burst {ceiling['load']}; uplink "
+            f"{uplink['load']}.",
+        ]
+    )
+
+
+def write_docs(section: str) -> None:
+    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
+    block = f"{BEGIN}\n{section}\n{END}"
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        _, tail = rest.split(END, 1)
+        text = head + block + tail
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    DOCS.write_text(text)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.commands")
+    parser.add_argument(
+        "--rates",
+        type=lambda text: [int(r) for r in text.split(",")],
+        default=[250, 1000],
+        help="commands/s of the steady phases, comma-separated",
+    )
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of the steady phase")
+    parser.add_argument("--devices", type=int, default=50)
+    parser.add_argument("--burst", type=int, default=10_000)
+    parser.add_argument("--uplinks", type=int, default=100_000)
+    parser.add_argument("--publishers", type=int, default=4)
+    parser.add_argument("--quick", action="store_true", help="a smoke run")
+    parser.add_argument("--no-write", action="store_true", help="do not update the docs")
+    options = parser.parse_args(argv)
+    if options.quick:
+        options.seconds, options.burst, options.uplinks, options.devices = 2.0, 1000, 5000, 5
+    return options
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    options = parse_args(argv)
+    command = " ".join(
+        ["uv run python -m benchmarks.commands", *(sys.argv[1:] if argv is None else argv)]
+    )
+    figures: dict[str, Any] = {"load_before": load()}
+    with tempfile.TemporaryDirectory(prefix="fleetcloud-bench-") as raw_dir:
+        directory = Path(raw_dir)
+        fleet = create_fleet(directory, options.devices)
+        options.devices_for_uplinks = fleet.devices[: options.publishers]
+        mqtt_port = free_port()
+        run_as = ["--run-as", "root"] if os.geteuid() == 0 else []
+        written = cli_json(
+            "mqtt", "broker-config", "--org", fleet.organisation, "--out", str(directory / "mqtt"),
+            "--port", str(mqtt_port), *run_as, "--database", f"sqlite:///{fleet.database}",
+            "--json",
+        )  # fmt: skip
+        secret = str(written["connector_url"]).split(":")[2].split("@")[0]
+        with (
+            tansu_broker() as kafka,
+            mosquitto_broker(Path(written["config"]), mqtt_port),
+        ):
+            server = Server(
+                f"sqlite:///{fleet.database}",
+                extra=("--bus", kafka, "--mqtt-url", str(written["connector_url"])),
+                log=directory / "server.log",
+            )
+            server.start()
+            assert server.process is not None
+            pid = server.process.pid
+            try:
+                figures.update(
+                    asyncio.run(command_phases(options, fleet, kafka, mqtt_port, secret, pid))
+                )
+                print(f"uplinks: {options.uplinks} …", flush=True)
+                figures["uplink"] = uplink_rate(
+                    Fleet(fleet.database, fleet.organisation, options.devices_for_uplinks),
+                    mqtt_port, "fleetcloud-connector", secret, options.uplinks, pid,
+                )  # fmt: skip
+                figures["raw"] = raw_rate(
+                    mqtt_port, "fleetcloud-connector", secret, options.devices_for_uplinks,
+                    options.uplinks,
+                )  # fmt: skip
+                figures["raw_python"] = asyncio.run(raw_python_rate(
+                    mqtt_port, "fleetcloud-connector", secret, options.devices_for_uplinks,
+                    options.uplinks,
+                ))  # fmt: skip
+            finally:
+                server.stop()
+        figures["statuses"] = statuses(fleet.database)
+    section = markdown(figures, options, command)
+    print("\n" + section)
+    if not options.no_write:
+        write_docs(section)
+        print(f"\nwrote {DOCS.relative_to(ROOT)}")
+    complete = all(r["received"] == r["pushed"] for r in figures["steady"])
+    return 0 if complete else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

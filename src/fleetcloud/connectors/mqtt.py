@@ -1,0 +1,696 @@
+"""The MQTT connector: commands out to devices, uplinks and acknowledgements in.
+
+``fleetcloud serve --mqtt-url mqtt://USER:PASSWORD@HOST:PORT`` runs it. Its tasks, all in
+one ``TaskGroup``:
+
+- **commands** — loads the commands still pending over MQTT from the store, then consumes
+  the ``device_commands`` topic as consumer group ``mqtt-connector``: each command is
+  recorded (``QUEUED``, idempotently by ``request_id``) before the group commits, so a
+  command on the bus is never lost, and MQTT ones join their device's queue.
+- **one task per device with work** — delivers the device's commands one at a time, in
+  order (``Delivery``: expiry, parser, then publish to ``metadata.topic`` with
+  ``qos``/``retain``). What counts as delivered is ``metadata.ack``: ``"broker"`` (the
+  default at QoS ≥ 1) — the broker's PUBACK; ``"device"`` — the device's message on
+  ``fleetcloud/<id>/commands/ack``, resent with backoff (or at once when the device says
+  ``online`` on ``fleetcloud/<id>/status``) until it comes or the command expires;
+  ``"none"`` (the default at QoS 0) — stays ``SENT`` unless the device acknowledges.
+  While the broker is unreachable commands wait (still ``QUEUED``/``SENT``) and go out
+  after the reconnect.
+- **broker** — one aiomqtt connection (persistent session, TCP_NODELAY), reconnecting
+  with backoff; it only files what arrives, so it never waits on the database.
+- **inbound** — turns what devices published into channel messages (JSON, or the device's
+  parser ``parse``) and command transitions, a batch per ``store.publish``.
+- **expiry** — moves pending commands past ``expires_at`` to ``EXPIRED``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import aiomqtt
+import orjson
+
+from fleetcloud.commands import lifecycle
+from fleetcloud.commands.core.models import PENDING, CommandMessage, CommandStatus, InvalidCommand
+from fleetcloud.commands.delivery import Delivery, DeviceSettings, SettingsCache
+from fleetcloud.commands.lifecycle import Change, StoredCommand
+from fleetcloud.commands.runner import ParserError, ParserRunner
+from fleetcloud.commands.scripts import ParserLibrary
+from fleetcloud.commands.service import command_topic_from_env
+from fleetcloud.commands.tracker import CommandTracker
+from fleetcloud.connectors import topics
+from fleetcloud.connectors.paho_speedups import buffer_reads, skip_topic_filters
+from fleetcloud.core.errors import ApiError, BusError, ConfigError, FleetError
+from fleetcloud.core.types import Event
+from fleetcloud.platform import Platform
+from fleetcloud.store.agents import now_ms
+from fleetcloud.store.channels import PublishItem
+
+log = logging.getLogger("fleetcloud.connectors.mqtt")
+
+PROTOCOL = "mqtt"
+GROUP = "mqtt-connector"
+PUBLISH_TIMEOUT = 10.0
+HANDLED_MEMORY = 100_000  # delivered request ids the reconciler skips
+COMMIT_INTERVAL = 0.2  # seconds between consumer-group commits while busy
+INBOUND_BATCH = 2_000
+INBOUND_LIMIT = 50_000  # queued inbound messages before the broker loop waits
+ACK_STATUSES = {
+    "DELIVERED": CommandStatus.DELIVERED,
+    "SUCCEEDED": CommandStatus.SUCCEEDED,
+    "FAILED": CommandStatus.FAILED,
+}
+NO_TOPIC = "metadata.topic is required for MQTT commands"
+
+
+@dataclass
+class MqttOptions:
+    url: str
+    command_topic: str = field(default_factory=command_topic_from_env)
+    group: str = GROUP
+    client_id: str = "fleetcloud-mqtt-connector"
+    prefix: str = topics.PREFIX
+    ack_timeout: float = 10.0  # first resend of an unacknowledged command ("device" acks)
+    max_ack_timeout: float = 120.0
+    expiry_interval: float = 1.0
+    reconcile_interval: float = 5.0
+    parser_workers: int = 2
+    parser_time_limit: float = 2.0
+    parsers_dir: str | None = None
+    keepalive: int = 30
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    host: str
+    port: int
+    username: str | None
+    password: str | None
+
+
+def parse_url(url: str) -> BrokerAddress:
+    """``mqtt://[USER[:PASSWORD]@]HOST[:PORT]`` (port 1883 by default)."""
+    parts = urlsplit(url if "://" in url else f"mqtt://{url}")
+    if parts.scheme != "mqtt" or not parts.hostname:
+        raise ConfigError(f"unsupported MQTT URL {url!r}: use mqtt://[USER:PASSWORD@]HOST:PORT")
+    username = unquote(parts.username) if parts.username else None
+    password = unquote(parts.password) if parts.password else None
+    return BrokerAddress(parts.hostname, parts.port or 1883, username, password)
+
+
+# ---------------------------------------------------------------- per-device state
+
+
+@dataclass(eq=False)
+class Flight:
+    """A command between its publish and the acknowledgement that ends its wait."""
+
+    command: StoredCommand
+    sent: bool = False  # its SENT transition has been handed to the tracker
+    ack: Change | None = None  # an ack that arrived before that
+    acked: bool = False
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass(eq=False)
+class DeviceQueue:
+    agent_id: int
+    items: deque[StoredCommand] = field(default_factory=deque)
+    task: asyncio.Task[None] | None = None
+    flight: Flight | None = None
+
+
+@dataclass(slots=True)
+class Inbound:
+    where: topics.DeviceTopic
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+
+
+@dataclass(eq=False)
+class Connection:
+    client: aiomqtt.Client
+    lost: asyncio.Future[None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+class MqttConnector:
+    """``async with MqttConnector(platform, MqttOptions(url=...)):`` — see the module doc."""
+
+    def __init__(self, platform: Platform, options: MqttOptions) -> None:
+        self.platform = platform
+        self.options = options
+        self.broker = parse_url(options.url)
+        self.store = platform.store
+        self.queues: dict[int, DeviceQueue] = {}
+        self.flights: dict[str, Flight] = {}
+        self.queued: set[str] = set()  # request ids in the device queues
+        self.handled: set[str] = set()  # recently delivered (their record may lag behind)
+        self._handled_order: deque[str] = deque()
+        self.settled: set[str] = set()  # queued commands that ended out of turn (acks, expiry)
+        self.connection: Connection | None = None
+        self.connected = asyncio.Event()
+        self.loaded = asyncio.Event()  # pending commands loaded, consuming the bus
+        self._inbound: deque[Inbound] = deque()
+        self._inbound_ready = asyncio.Event()
+        self._inbound_room = asyncio.Event()
+        self._stack = contextlib.AsyncExitStack()
+        self._group: asyncio.TaskGroup | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.uplinks = 0  # channel messages written from uplinks
+        self.dropped = 0  # inbound messages refused (unknown device, bad payload …)
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> MqttConnector:
+        try:
+            await self._start()
+        except BaseException:
+            await self.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def _start(self) -> None:
+        options = self.options
+        self.tracker = await self._stack.enter_async_context(CommandTracker(self.store))
+        self.runner = await self._stack.enter_async_context(
+            ParserRunner(workers=options.parser_workers, time_limit=options.parser_time_limit)
+        )
+        self.library = ParserLibrary(self.store, options.parsers_dir)
+        self.settings = SettingsCache(self.store)
+        self.delivery = Delivery(self.tracker, self.library, self.runner, self.settings)
+        self._group = asyncio.TaskGroup()
+        await self._group.__aenter__()
+        self._spawn(self._broker_loop(), "mqtt-broker")
+        self._spawn(self._commands_loop(), "mqtt-commands")
+        self._spawn(self._inbound_loop(), "mqtt-inbound")
+        self._spawn(self._expiry_loop(), "mqtt-expiry")
+        self._spawn(self._reconcile_loop(), "mqtt-reconcile")
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._group is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._group.__aexit__(None, None, None)
+            self._group = None
+        await self._stack.aclose()
+
+    def _spawn(self, coroutine: Any, name: str) -> asyncio.Task[Any]:
+        if self._group is None:
+            raise FleetError("the MQTT connector is not running")
+        task = self._group.create_task(coroutine, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def wait_connected(self, timeout: float = 30.0) -> None:
+        await asyncio.wait_for(self.connected.wait(), timeout)
+
+    # ------------------------------------------------------------ commands in
+
+    async def _commands_loop(self) -> None:
+        backoff = 0.5
+        while True:
+            started = time.monotonic()
+            try:
+                await self._consume()
+            except FleetError as exc:
+                log.warning("consuming %s failed: %s", self.options.command_topic, exc.message)
+            if time.monotonic() - started > 60:
+                backoff = 0.5  # it had been working: retry soon
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 10.0)
+
+    async def _consume(self) -> None:
+        await self._load_pending()
+        bus = self.platform.bus
+        subscription = await bus.subscribe(
+            [self.options.command_topic], self.options.group, from_beginning=True
+        )
+        async with subscription:
+            committed = time.monotonic()
+            unwritten: list[asyncio.Future[Any]] = []
+            while events := await subscription.next_batch(timeout=0):  # catch up first
+                unwritten += await self.take(events)
+            self.loaded.set()
+            while True:
+                events = await subscription.next_batch(timeout=COMMIT_INTERVAL)
+                if events:
+                    unwritten += await self.take(events)
+                # Commit only what is recorded; recording is idempotent, so committing a
+                # little later is safe (a restart re-reads those records) and saves trips.
+                if not events or time.monotonic() - committed >= COMMIT_INTERVAL:
+                    await asyncio.gather(*unwritten)
+                    unwritten.clear()
+                    await subscription.commit()
+                    committed = time.monotonic()
+                if not events and getattr(subscription, "closed", False):
+                    raise BusError(f"the subscription to {self.options.command_topic} closed")
+                await asyncio.sleep(0)  # stay cancellable whatever the bus returns
+
+    async def _reconcile_loop(self) -> None:
+        """Every ``reconcile_interval``, queue QUEUED commands this connector has not
+        seen: a safety net for a bus event that did not arrive."""
+        while True:
+            await asyncio.sleep(self.options.reconcile_interval)
+            if self.loaded.is_set():
+                try:
+                    await self._load_pending(queued_only=True)
+                except FleetError as exc:
+                    log.warning("reconciling pending commands failed: %s", exc.message)
+
+    async def _load_pending(self, *, queued_only: bool = False) -> None:
+        cursor = (0, 0)
+        statuses = (CommandStatus.QUEUED,) if queued_only else PENDING
+        while True:
+            page = await self.store.read(
+                lifecycle.pending(PROTOCOL, after=cursor, limit=500, statuses=statuses)
+            )
+            for command in page:
+                if not (queued_only and command.request_id in self.handled):
+                    self._enqueue(command)
+            if len(page) < 500:
+                return
+            last = page[-1]
+            cursor = (last.agent_id or 0, last.seq)
+
+    async def take(self, events: Sequence[Event]) -> list[asyncio.Future[Any]]:
+        """Queue the MQTT commands among ``events`` for their devices, and record the new
+        ones; returns the pending record (the bus may be committed once it is written).
+
+        A new command is delivered without waiting for its record: the record goes
+        through the tracker ahead of the command's SENT, so the order is kept."""
+        ids = [e.value.get("request_id") for e in events]
+        existing = await self.store.read(lifecycle.load(i for i in ids if isinstance(i, str)))
+        # Commands recorded already (pushed inside the server) need no second validation.
+        found: list[StoredCommand | CommandMessage | None] = [
+            existing[i] if isinstance(i, str) and i in existing else self._valid(e)
+            for e, i in zip(events, ids, strict=True)
+        ]
+        fresh = {m.request_id: m for m in found if isinstance(m, CommandMessage)}
+        devices = await self.settings.get_many(
+            int(m.device_id)
+            for m in fresh.values()
+            if m.device_id.isdigit() and int(m.device_id) < 2**63
+        )
+        for item in found:  # in the order they came: a device's order is kept
+            command = _provisional(item, devices) if isinstance(item, CommandMessage) else item
+            if command is not None and command.protocol == PROTOCOL and command.status in PENDING:
+                self._enqueue(command)
+        return [self.tracker.record_soon(list(fresh.values()))] if fresh else []
+
+    def _valid(self, event: Event) -> CommandMessage | None:
+        try:
+            return CommandMessage.from_dict(event.value)
+        except InvalidCommand as exc:
+            log.warning("dropping an invalid command from the bus: %s", exc.message)
+            return None
+
+    def _enqueue(self, command: StoredCommand) -> None:
+        if command.agent_id is None:
+            return
+        queue = self.queues.get(command.agent_id)
+        if queue is None:
+            queue = self.queues[command.agent_id] = DeviceQueue(command.agent_id)
+        if command.request_id in self.queued:
+            return
+        self.queued.add(command.request_id)
+        _insert(queue.items, command)
+        if queue.task is None:
+            queue.task = self._spawn(self._device_loop(queue), f"mqtt-device-{queue.agent_id}")
+
+    # ------------------------------------------------------------ commands out
+
+    async def _device_loop(self, queue: DeviceQueue) -> None:
+        try:
+            while queue.items:
+                command = queue.items.popleft()
+                if command.request_id not in self.settled:
+                    try:
+                        await self._deliver(queue, command)
+                    except FleetError as exc:  # the store failed: try this command again
+                        log.warning("delivering %s failed: %s", command.request_id, exc.message)
+                        queue.items.appendleft(command)
+                        await asyncio.sleep(1.0)
+                        continue
+                self.queued.discard(command.request_id)
+                self._handled(command.request_id)
+                self.settled.discard(command.request_id)
+        finally:
+            queue.task = None
+            if not queue.items:
+                self.queues.pop(queue.agent_id, None)
+
+    async def _deliver(self, queue: DeviceQueue, command: StoredCommand) -> None:
+        """Deliver one command until it no longer needs this connector."""
+        topic = command.metadata.get("topic")
+        if not isinstance(topic, str) or not topic:
+            await self.delivery.fail(command, NO_TOPIC)
+            return
+        qos = int(command.metadata.get("qos", 1))
+        retain = bool(command.metadata.get("retain", False))
+        ack = command.metadata.get("ack") or ("broker" if qos else "none")
+        data: bytes | None = None
+        wait = self.options.ack_timeout
+        while True:
+            if await self.delivery.expire_if_due(command):
+                return
+            connection = await self._connection_for(command)
+            if connection is None:
+                continue  # it expired while the broker was away
+            if data is None:
+                data = await self.delivery.prepare(command)
+                if data is None:
+                    return
+            flight = queue.flight = self.flights[command.request_id] = Flight(command)
+            try:
+                if not await self._publish(connection, topic, data, qos, retain):
+                    with contextlib.suppress(TimeoutError):  # until the broker loop notices
+                        await asyncio.wait_for(asyncio.shield(connection.lost), 1.0)
+                    continue
+                if self._sent(flight, broker_ack=ack == "broker" and qos > 0, ack=ack):
+                    return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(flight.wake.wait(), self._wait_for(command, wait))
+                if flight.acked:
+                    return
+                wait = min(wait * 2, self.options.max_ack_timeout)
+            finally:
+                queue.flight = None
+                self.flights.pop(command.request_id, None)
+
+    def _sent(self, flight: Flight, *, broker_ack: bool, ack: str) -> bool:
+        """Record the send; True if the command needs no device acknowledgement wait."""
+        then, flight.sent = flight.ack, True
+        self.delivery.record_sent(flight.command, delivered=broker_ack, then=then)
+        return then is not None or ack != "device"
+
+    def _wait_for(self, command: StoredCommand, wait: float) -> float:
+        if command.expires_ms is None:
+            return wait
+        return max(min(wait, (command.expires_ms - now_ms()) / 1000), 0.0)
+
+    async def _connection_for(self, command: StoredCommand) -> Connection | None:
+        """The broker connection, waiting for one; None if the command expired first."""
+        while self.connection is None:
+            timeout = None
+            if command.expires_ms is not None:
+                timeout = max((command.expires_ms - now_ms()) / 1000, 0.0)
+            try:
+                await asyncio.wait_for(self.connected.wait(), timeout)
+            except TimeoutError:
+                return None
+        return self.connection
+
+    async def _publish(
+        self, connection: Connection, topic: str, data: bytes, qos: int, retain: bool
+    ) -> bool:
+        """Publish and wait for the broker (QoS ≥ 1); False if the connection failed."""
+        publish = asyncio.ensure_future(
+            connection.client.publish(topic, data, qos=qos, retain=retain, timeout=PUBLISH_TIMEOUT)
+        )
+        try:
+            await asyncio.wait((publish, connection.lost), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not publish.done():
+                publish.cancel()
+            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                await publish
+        if publish.cancelled():
+            log.info("publish to %s cut off: the connection was lost", topic)
+            return False
+        error = publish.exception()
+        if error is not None:
+            log.info("publish to %s failed: %r", topic, error)
+        return error is None
+
+    # ------------------------------------------------------------ the broker
+
+    def _client(self) -> aiomqtt.Client:
+        nodelay = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return aiomqtt.Client(
+            self.broker.host,
+            self.broker.port,
+            username=self.broker.username,
+            password=self.broker.password,
+            identifier=self.options.client_id,
+            clean_session=False,
+            keepalive=self.options.keepalive,
+            max_inflight_messages=1_000,
+            socket_options=[nodelay],
+        )
+
+    async def _broker_loop(self) -> None:
+        backoff = 0.1
+        while True:
+            connection: Connection | None = None
+            try:
+                async with self._client() as client:
+                    buffer_reads(client._client, asyncio.get_running_loop())
+                    skip_topic_filters(client._client)
+                    connection = Connection(client)
+                    subscriptions = [(t, 1) for t in topics.subscriptions(self.options.prefix)]
+                    await client.subscribe(subscriptions)
+                    self._connected(connection)
+                    backoff = 0.1
+                    await self._receive(client)
+            except aiomqtt.MqttError as exc:
+                log.warning("MQTT broker %s:%d: %s", self.broker.host, self.broker.port, exc)
+            finally:
+                if connection is not None and not connection.lost.done():
+                    connection.lost.set_result(None)
+                self.connection = None
+                self.connected.clear()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
+
+    def _connected(self, connection: Connection) -> None:
+        log.info("connected to MQTT broker %s:%d", self.broker.host, self.broker.port)
+        self.connection = connection
+        self.connected.set()
+        for queue in self.queues.values():  # resend what waits for an ack, now
+            if queue.flight is not None:
+                queue.flight.wake.set()
+
+    async def _receive(self, client: aiomqtt.Client) -> None:
+        pending: asyncio.Queue[aiomqtt.Message] | None = getattr(client, "_queue", None)
+        async for message in client.messages:
+            self._file(message)
+            # Take what has already arrived without a task switch per message.
+            while pending is not None and not pending.empty():
+                self._file(pending.get_nowait())
+            self._inbound_ready.set()
+            while len(self._inbound) > INBOUND_LIMIT:
+                self._inbound_room.clear()
+                await self._inbound_room.wait()
+
+    def _file(self, message: aiomqtt.Message) -> None:
+        topic = message.topic.value
+        where = topics.parse_topic(topic, self.options.prefix)
+        payload = message.payload
+        if where is None or not isinstance(payload, bytes | bytearray):
+            self.dropped += 1
+            return
+        if where.kind == "status":
+            self._presence(where.agent_id, bytes(payload))
+            return
+        inbound = Inbound(where, topic, bytes(payload), message.qos, bool(message.retain))
+        self._inbound.append(inbound)
+
+    def _presence(self, agent_id: int, payload: bytes) -> None:
+        """A device said it is online: resend its waiting command now."""
+        if payload.strip().lower() not in (b"online", b'"online"', b'{"status":"online"}'):
+            return
+        queue = self.queues.get(agent_id)
+        if queue is not None and queue.flight is not None:
+            queue.flight.wake.set()
+
+    # ------------------------------------------------------------ uplinks and acks
+
+    async def _inbound_loop(self) -> None:
+        while True:
+            await self._inbound_ready.wait()
+            self._inbound_ready.clear()
+            while self._inbound:
+                count = min(len(self._inbound), INBOUND_BATCH)
+                batch = [self._inbound.popleft() for _ in range(count)]
+                self._inbound_room.set()
+                try:
+                    await self.handle(batch)
+                except FleetError as exc:
+                    log.error("could not store %d inbound messages: %s", len(batch), exc.message)
+
+    async def handle(self, batch: Sequence[Inbound]) -> None:
+        """Turn one batch of device publishes into channel messages and transitions."""
+        settings = await self.settings.get_many({m.where.agent_id for m in batch})
+        values = await self._decode_all(batch, settings)
+        items: list[PublishItem] = []
+        changes: list[Change] = []
+        for message, value in zip(batch, values, strict=True):
+            if value is None:
+                self.dropped += 1
+            elif message.where.kind == "uplink":
+                agent_id = message.where.agent_id
+                items.append(PublishItem(agent_id, message.where.channel, value, agent_id))
+            else:
+                change = self._ack(message.where.agent_id, value)
+                if change is not None:
+                    changes.append(change)
+        if items:
+            await self.store.publish(items)
+            self.uplinks += len(items)
+        if changes:
+            changed = await self.tracker.apply(changes)
+            self._settle(r for r, c in changed.items() if c.status not in PENDING)
+
+    async def _decode_all(
+        self, batch: Sequence[Inbound], settings: dict[int, DeviceSettings | None]
+    ) -> list[Any]:
+        """Each publish's JSON value, or None if it is refused: JSON as it is, unless the
+        device has a parser (uplinks always go through it; acks only if not JSON)."""
+        values: list[Any] = [None] * len(batch)
+        parse: list[int] = []
+        for index, message in enumerate(batch):
+            device = settings.get(message.where.agent_id)
+            if device is None:
+                continue  # not a device fleetcloud knows
+            if device.parser_script_ref is None or message.where.kind == "ack":
+                try:
+                    values[index] = orjson.loads(message.payload)
+                    continue
+                except orjson.JSONDecodeError:
+                    if device.parser_script_ref is None:
+                        log.debug("dropping a non-JSON publish on %s", message.topic)
+                        continue
+            parse.append(index)
+        if parse:
+            parsed = await asyncio.gather(
+                *(self._parse(batch[i], settings[batch[i].where.agent_id]) for i in parse)
+            )
+            for index, value in zip(parse, parsed, strict=True):
+                values[index] = value
+        return values
+
+    async def _parse(self, message: Inbound, settings: DeviceSettings | None) -> Any:
+        if settings is None:
+            return None
+        metadata = {
+            "topic": message.topic,
+            "kind": message.where.kind,
+            "channel": message.where.channel,
+            "agent_id": str(message.where.agent_id),
+            "qos": message.qos,
+            "retain": message.retain,
+        }
+        try:
+            return await self.delivery.parse_uplink(settings, message.payload, metadata)
+        except (ParserError, ApiError) as exc:
+            log.info("dropping a publish on %s: %s", message.topic, exc.message)
+            return None
+
+    def _ack(self, agent_id: int, value: Any) -> Change | None:
+        """A device's acknowledgement as a change; an ack that overtook its command's
+        SENT record is handed to the delivering task instead (returns None)."""
+        if not isinstance(value, dict) or not isinstance(value.get("request_id"), str):
+            return None
+        status = ACK_STATUSES.get(str(value.get("status", "DELIVERED")).upper())
+        if status is None:
+            return None
+        reason = value.get("reason")
+        reason = str(reason)[:500] if reason is not None else None
+        request_id = value["request_id"]
+        change = Change(request_id, status, reason, agent_id=agent_id)
+        flight = self.flights.get(request_id)
+        if flight is None or flight.command.agent_id != agent_id:
+            return change
+        flight.acked = True
+        flight.wake.set()
+        if not flight.sent:
+            flight.ack = change
+            return None
+        return change
+
+    def _handled(self, request_id: str) -> None:
+        self.handled.add(request_id)
+        self._handled_order.append(request_id)
+        while len(self._handled_order) > HANDLED_MEMORY:
+            self.handled.discard(self._handled_order.popleft())
+
+    def _settle(self, request_ids: Iterable[str]) -> None:
+        """Commands that ended out of turn: their device task will skip them."""
+        self.settled.update(r for r in request_ids if r in self.queued)
+
+    # ------------------------------------------------------------ expiry
+
+    async def _expiry_loop(self) -> None:
+        while True:
+            try:
+                expired = await self.store.write(lifecycle.expire_due(now_ms()))
+            except FleetError as exc:
+                log.warning("expiry sweep failed: %s", exc.message)
+                expired = {}
+            self._settle(expired)
+            for request_id in expired:
+                flight = self.flights.get(request_id)
+                if flight is not None:
+                    flight.wake.set()
+            await asyncio.sleep(self.options.expiry_interval)
+
+
+def _insert(items: deque[StoredCommand], command: StoredCommand) -> None:
+    """Queue ``command`` in ``seq`` order (a command picked up late — by the reconciler —
+    goes before later ones still waiting); one not yet recorded (seq 0) goes last."""
+    if command.seq and items and items[-1].seq > command.seq:
+        for index, queued in enumerate(items):
+            if queued.seq > command.seq:
+                items.insert(index, command)
+                return
+    items.append(command)
+
+
+def _provisional(
+    message: CommandMessage, devices: dict[int, DeviceSettings | None]
+) -> StoredCommand | None:
+    """A command as it will be recorded, for delivery before the record is written;
+    None for a device fleetcloud does not know (it is recorded FAILED)."""
+    device = devices.get(int(message.device_id)) if message.device_id.isdigit() else None
+    if device is None:
+        return None
+    return StoredCommand(
+        request_id=message.request_id,
+        seq=0,
+        organisation_id=device.organisation_id,
+        agent_id=device.agent_id,
+        author_id=None,
+        device_id=message.device_id,
+        command_type=message.command_type,
+        protocol=message.protocol,
+        parser_script_ref=message.parser_script_ref,
+        payload=message.payload,
+        metadata=message.metadata,
+        timestamp_ms=message.timestamp_ms,
+        expires_ms=message.expires_ms,
+        status=CommandStatus.QUEUED,
+    )
+
+
+def mqtt_service(options: MqttOptions) -> Any:
+    """A ``create_app`` service factory: ``services=[mqtt_service(MqttOptions(url))]``."""
+
+    def start(platform: Platform) -> MqttConnector:
+        return MqttConnector(platform, options)
+
+    return start
