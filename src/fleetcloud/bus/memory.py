@@ -39,9 +39,9 @@ class MemorySubscription(Subscription):
         self.closed = False
 
     def offer(self, position: int, events: Sequence[Event]) -> None:
-        if self.catching_up:
-            self.wakeup.set()
-            return
+        # Kept even while catching up: a commit that lands after the table read's snapshot
+        # would otherwise be missed when the read comes back empty. ``_take`` skips what
+        # the table already gave.
         if len(self.live) >= LIVE_LIMIT:
             self.live.clear()
             if self.group is None:

@@ -56,12 +56,14 @@ from fleetcloud.store.agents import now_ms
 from fleetcloud.store.channels import PublishItem
 
 log = logging.getLogger("fleetcloud.connectors.mqtt")
+CLIENT_LOG = logging.getLogger("fleetcloud.connectors.mqtt.client")  # aiomqtt's and paho's
 
 PROTOCOL = "mqtt"
 GROUP = "mqtt-connector"
 PUBLISH_TIMEOUT = 10.0
 HANDLED_MEMORY = 100_000  # delivered request ids the reconciler skips
 COMMIT_INTERVAL = 0.2  # seconds between consumer-group commits while busy
+COMMIT_AT_LATEST = 2.0  # … and at most this long, waiting for records if need be
 INBOUND_BATCH = 2_000
 INBOUND_LIMIT = 50_000  # queued inbound messages before the broker loop waits
 ACK_STATUSES = {
@@ -250,9 +252,12 @@ class MqttConnector:
                 events = await subscription.next_batch(timeout=COMMIT_INTERVAL)
                 if events:
                     unwritten += await self.take(events)
-                # Commit only what is recorded; recording is idempotent, so committing a
-                # little later is safe (a restart re-reads those records) and saves trips.
-                if not events or time.monotonic() - committed >= COMMIT_INTERVAL:
+                # Commit only what is recorded. Recording is idempotent, so committing late
+                # is safe (a restart re-reads those records): commit when every record so
+                # far is written, and wait for them only if that has not happened for a while.
+                since = time.monotonic() - committed
+                written = all(future.done() for future in unwritten)
+                if (since >= COMMIT_INTERVAL and written) or since >= COMMIT_AT_LATEST:
                     await asyncio.gather(*unwritten)
                     unwritten.clear()
                     await subscription.commit()
@@ -441,7 +446,7 @@ class MqttConnector:
 
     def _client(self) -> aiomqtt.Client:
         nodelay = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return aiomqtt.Client(
+        client = aiomqtt.Client(
             self.broker.host,
             self.broker.port,
             username=self.broker.username,
@@ -451,7 +456,11 @@ class MqttConnector:
             keepalive=self.options.keepalive,
             max_inflight_messages=1_000,
             socket_options=[nodelay],
+            logger=CLIENT_LOG,
         )
+        # One publish in flight per device is the normal state here, not a warning.
+        client.pending_calls_threshold = 1 << 30
+        return client
 
     async def _broker_loop(self) -> None:
         backoff = 0.1
