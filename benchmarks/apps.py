@@ -34,7 +34,6 @@ import json
 import os
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,17 +44,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from tests.servers.fleetcloud import FLEETCLOUD, Server
+from tests.servers.fleetcloud import Server
 
-from benchmarks.ingest import machine
+from benchmarks._common import DOCS, ROOT, create_devices, machine, percentile, write_docs
 from fleetcloud.apps.packaging import extract
 from fleetcloud.apps.pool import VersionSpec, WorkerPool
 from fleetcloud.apps.settings import AppsSettings
-
-ROOT = Path(__file__).resolve().parent.parent
-DOCS = ROOT / "docs" / "benchmarks.md"
-BEGIN = "<!-- benchmarks.apps:begin (written by `python -m benchmarks.apps`) -->"
-END = "<!-- benchmarks.apps:end -->"
 
 COUNTER = """
 from fleetcloud.sdk.processor import Application, run_app
@@ -91,12 +85,6 @@ def load() -> float:
     return os.getloadavg()[0]
 
 
-def cli_json(*args: str) -> dict[str, Any]:
-    done = subprocess.run([*FLEETCLOUD, *args], capture_output=True, text=True, check=True)
-    result: dict[str, Any] = json.loads(done.stdout)
-    return result
-
-
 def package(name: str, source: str) -> str:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
@@ -123,16 +111,8 @@ class Fleet:
 
 def create_fleet(directory: Path, devices: int) -> Fleet:
     database = directory / "apps.db"
-    url = f"sqlite:///{database}"
-    org = cli_json("org", "create", "bench", "--database", url, "--json")
-    ids = [
-        cli_json(
-            "device", "create", f"d{n}", "--org", org["organisation_id"], "--database", url,
-            "--json",
-        )["agent_id"]
-        for n in range(devices)
-    ]  # fmt: skip
-    return Fleet(database, org["token"], ids)
+    organisation, ids = create_devices(f"sqlite:///{database}", devices)
+    return Fleet(database, organisation["token"], ids)
 
 
 class Log:
@@ -177,11 +157,6 @@ def wait_until(check: Any, timeout: float) -> bool:
             return True
         time.sleep(0.02)
     return False
-
-
-def percentile(values: Sequence[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 # ---------------------------------------------------------------- phases
@@ -251,8 +226,8 @@ def latency(
         "achieved": round(achieved, 1),
         "events": count,
         "handled": len(starts),
-        "p50_ms": round(percentile(measured, 0.5), 1),
-        "p99_ms": round(percentile(measured, 0.99), 1),
+        "p50_ms": round(percentile(measured, 50), 1),
+        "p99_ms": round(percentile(measured, 99), 1),
         "max_ms": round(max(measured), 1),
         "load": round(loadavg, 2),
     }
@@ -340,18 +315,6 @@ Every message was handled exactly once: {figures["counted"]} tag increments for
 """
 
 
-def write_docs(section: str) -> None:
-    text = DOCS.read_text() if DOCS.exists() else ""
-    block = f"{BEGIN}\n{section}\n{END}"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
-        text = head + block + tail
-    else:
-        text = text.rstrip("\n") + ("\n\n" if text else "") + block + "\n"
-    DOCS.write_text(text)
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.apps")
     parser.add_argument("--devices", type=int, default=8)
@@ -421,7 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     section = markdown(figures, options, command)
     print("\n" + section)
     if not options.no_write:
-        write_docs(section)
+        write_docs("apps", section)
         print(f"\nwrote {DOCS.relative_to(ROOT)}")
     if options.json:
         print(json.dumps(figures))

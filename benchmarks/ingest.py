@@ -33,11 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime
-import os
-import platform
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,18 +43,22 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from tests.servers.fleetcloud import FLEETCLOUD, Server
+from tests.servers.fleetcloud import Server
 
+from benchmarks._common import (
+    DOCS,
+    ROOT,
+    Connection,
+    cpu_seconds,
+    create_devices,
+    machine,
+    system_busy,
+    write_docs,
+)
 from fleetcloud.core.merge import merge_patch
 from fleetcloud.store import open_store
 from fleetcloud.store.ops import Fetch, Work
 from fleetcloud.store.schema import MIGRATIONS
-
-ROOT = Path(__file__).resolve().parent.parent
-DOCS = ROOT / "docs" / "benchmarks.md"
-BEGIN = "<!-- benchmarks.ingest:begin (written by `python -m benchmarks.ingest`) -->"
-END = "<!-- benchmarks.ingest:end -->"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # ---------------------------------------------------------------- what is published
 
@@ -103,67 +103,6 @@ class Ledger:
             self.first_error = f"HTTP {status}: {body[:300]!r}"
 
 
-# ---------------------------------------------------------------- a lean HTTP/1.1 client
-
-
-class Connection(asyncio.Protocol):
-    """One keep-alive HTTP/1.1 connection with one request in flight at a time."""
-
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.buffer = bytearray()
-        self.waiter: asyncio.Future[tuple[int, bytes]] | None = None
-
-    @classmethod
-    async def open(cls, port: int) -> Connection:
-        loop = asyncio.get_running_loop()
-        _, protocol = await loop.create_connection(cls, "127.0.0.1", port)
-        return protocol
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        if self.waiter is None:
-            return
-        end = self.buffer.find(b"\r\n\r\n")
-        if end < 0:
-            return
-        head = bytes(self.buffer[:end]).lower()
-        at = head.find(b"\r\ncontent-length:")
-        if at < 0:
-            self._fail(ConnectionError(f"no content-length in {head!r}"))
-            return
-        stop = head.find(b"\r\n", at + 2)
-        length = int(head[at + 17 : stop if stop >= 0 else None])
-        total = end + 4 + length
-        if len(self.buffer) < total:
-            return
-        body = bytes(self.buffer[end + 4 : total])
-        del self.buffer[:total]
-        waiter, self.waiter = self.waiter, None
-        waiter.set_result((int(head[9:12]), body))
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._fail(exc or ConnectionError("the server closed the connection"))
-
-    def _fail(self, exc: Exception) -> None:
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_exception(exc)
-        self.waiter = None
-
-    async def request(self, raw: bytes) -> tuple[int, bytes]:
-        assert self.transport is not None
-        self.waiter = asyncio.get_running_loop().create_future()
-        self.transport.write(raw)
-        return await self.waiter
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-
 def post(fleet: Fleet, path: str, body: bytes) -> bytes:
     head = (
         f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{fleet.port}\r\n"
@@ -174,19 +113,6 @@ def post(fleet: Fleet, path: str, body: bytes) -> bytes:
 
 
 # ---------------------------------------------------------------- measuring a phase
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process ``pid`` and its threads so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def system_busy() -> float:
-    """CPU seconds the whole machine has spent busy so far (all cores)."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + fields[4]  # idle + iowait
-    return (sum(fields[:8]) - idle) / CLK_TCK
 
 
 @dataclass
@@ -382,27 +308,9 @@ def raw_sqlite(path: Path, *, batch: int, channels: int, seconds: float) -> Phas
 # ---------------------------------------------------------------- set-up and checking
 
 
-def cli_json(*args: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([*FLEETCLOUD, *args, "--json"], stdout=subprocess.PIPE)
-
-
-def result_of(process: subprocess.Popen[bytes]) -> dict[str, str]:
-    out, _ = process.communicate(timeout=60)
-    if process.returncode != 0:
-        raise RuntimeError(f"{process.args!r} failed with {process.returncode}")
-    answer: dict[str, str] = orjson.loads(out)
-    return answer
-
-
 def create_fleet(database: str, devices: int, channels: int) -> tuple[str, list[tuple[str, str]]]:
     """An organisation and ``devices`` devices (created by the CLI, in parallel)."""
-    organisation = result_of(cli_json("org", "create", "bench", "--database", database))
-    org_id = organisation["organisation_id"]
-    makers = [
-        cli_json("device", "create", f"meter-{n}", "--org", org_id, "--database", database)
-        for n in range(devices)
-    ]
-    agent_ids = [result_of(maker)["agent_id"] for maker in makers]
+    organisation, agent_ids = create_devices(database, devices, prefix="meter-")
     names = [
         (agent_ids[c % devices], f"sensors/line-{c // devices}/reading") for c in range(channels)
     ]
@@ -456,23 +364,6 @@ async def verify(database: str, fleet: Fleet, ledger: Ledger) -> list[str]:
 
 
 # ---------------------------------------------------------------- reporting
-
-
-def machine() -> dict[str, str]:
-    model = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "nproc": str(os.cpu_count()),
-        "cpu": model,
-        "python": platform.python_version(),
-        "sqlite": sqlite3.sqlite_version,
-        "os": f"{platform.system()} {platform.release()}",
-    }
 
 
 def pct(share: float | None) -> str:
@@ -583,18 +474,6 @@ def table(phases: Sequence[Phase]) -> str:
             f"{pct(phase.server_cpu):>6} {pct(phase.client_cpu):>6} {pct(phase.other_cpu):>6}"
         )
     return "\n".join(out)
-
-
-def write_docs(section: str) -> None:
-    text = DOCS.read_text() if DOCS.exists() else ""
-    block = f"{BEGIN}\n{section}\n{END}"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
-        text = head + block + tail
-    else:
-        text = text.rstrip("\n") + ("\n\n" if text else "") + block + "\n"
-    DOCS.write_text(text)
 
 
 # ---------------------------------------------------------------- main
@@ -717,7 +596,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if options.no_write:
         print("\n" + section)
     else:
-        write_docs(section)
+        write_docs("ingest", section)
         print(f"\nwrote {DOCS.relative_to(ROOT)}")
     if options.json:
         figures = {
