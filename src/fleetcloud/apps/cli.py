@@ -19,67 +19,26 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import time
-from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
-from fleetcloud.core import jsonish
-from fleetcloud.core.errors import FleetError
-
-if TYPE_CHECKING:
-    from fleetcloud.client import Client
+from fleetcloud.clitools import (
+    admin_client_options,
+    clean_errors,
+    connect,
+    emit,
+    json_option,
+    json_value,
+    print_json,
+    request,
+)
 
 UPLOAD_TIMEOUT = 300.0
 FOLLOW_SECONDS = 1.0
-
-
-@contextlib.contextmanager
-def _errors() -> Iterator[None]:
-    try:
-        yield
-    except FleetError as exc:
-        raise click.ClickException(exc.message) from exc
-
-
-def _client_options(function: Callable[..., Any]) -> Callable[..., Any]:
-    function = click.option(
-        "--url",
-        envvar="FLEETCLOUD_URL",
-        default="http://127.0.0.1:8000",
-        show_default=True,
-        help="The server [env FLEETCLOUD_URL]",
-    )(function)
-    function = click.option(
-        "--token",
-        envvar="FLEETCLOUD_TOKEN",
-        required=True,
-        help="Admin token [env FLEETCLOUD_TOKEN]",
-    )(function)
-    return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts")(function)
-
-
-def _connect(url: str, token: str, timeout: float = 30.0) -> Client:
-    from fleetcloud.client import Client  # httpx is imported only by commands that need it
-
-    return Client(url, token, timeout=timeout)
-
-
-def _json_option(value: str | None, name: str) -> Any:
-    if value is None:
-        return None
-    try:
-        return jsonish.loads(value)
-    except ValueError as exc:
-        raise click.BadParameter(f"not valid JSON: {exc}", param_hint=name) from exc
-
-
-def _print(value: Any) -> None:
-    click.echo(jsonish.dumps_str(value))
 
 
 @click.group("app")
@@ -111,7 +70,7 @@ def new(name: str, kind: str, parent: Path) -> None:
     """Create a processor or integration project named NAME."""
     from fleetcloud.apps.scaffold import create
 
-    with _errors():
+    with clean_errors():
         root = create(name, kind, parent)
     click.echo(f"created {kind} {root}")
     click.echo(f"next: fleetcloud app build {root} && fleetcloud app deploy {root}")
@@ -123,7 +82,7 @@ def build_command(directory: Path) -> None:
     """Build DIR/package.zip: locked dependencies (with uv) plus src/."""
     from fleetcloud.apps.build import build
 
-    with _errors():
+    with clean_errors():
         package = build(directory)
     click.echo(f"built {package} ({package.stat().st_size} bytes)")
 
@@ -134,7 +93,8 @@ def build_command(directory: Path) -> None:
 @app_group.command("deploy")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path), default=Path("."))
 @click.option("--app", "name", help="Which app of doover_config.json [default: its only one]")
-@_client_options
+@admin_client_options
+@json_option
 def deploy(directory: Path, name: str | None, url: str, token: str, as_json: bool) -> None:
     """Upload DIR/package.zip and DIR/doover_config.json as a new version of the app."""
     config_path, package_path = directory / "doover_config.json", directory / "package.zip"
@@ -142,16 +102,15 @@ def deploy(directory: Path, name: str | None, url: str, token: str, as_json: boo
         if not path.exists():
             hint = " (run fleetcloud app build)" if path is package_path else ""
             raise click.ClickException(f"{path} is missing{hint}")
-    document = _json_option(config_path.read_text(), "doover_config.json")
+    document = json_value(config_path.read_text(), "doover_config.json")
     body = {
         "doover_config": document,
         "app": name,
         "package": base64.b64encode(package_path.read_bytes()).decode(),
     }
-    with _errors(), _connect(url, token, UPLOAD_TIMEOUT) as client:
-        app = client.request("POST", "/api/apps", json=body)
+    app = request(url, token, "POST", "/api/apps", timeout=UPLOAD_TIMEOUT, json=body)
     if as_json:
-        _print({"app_id": app["id"], "name": app["name"], "version": app["version"]})
+        print_json({"app_id": app["id"], "name": app["name"], "version": app["version"]})
     else:
         click.echo(f"deployed {app['name']} version {app['version']}: app {app['id']}")
 
@@ -161,7 +120,8 @@ def deploy(directory: Path, name: str | None, url: str, token: str, as_json: boo
 @click.option("--agent", "agent_id", help="Device (processor) or organisation agent id")
 @click.option("--config", "config", help="Deployment config (JSON object)")
 @click.option("--key", "app_key", help="The installation's app key [default: the app name]")
-@_client_options
+@admin_client_options
+@json_option
 def install(
     app_id: str,
     agent_id: str | None,
@@ -172,19 +132,18 @@ def install(
     as_json: bool,
 ) -> None:
     """Install APP_ID on an agent with a deployment config (checked against its schema)."""
-    body: dict[str, Any] = {"config": _json_option(config, "--config") or {}}
+    body: dict[str, Any] = {"config": json_value(config, "--config") or {}}
     if agent_id is not None:
         body["agent_id"] = agent_id
     if app_key is not None:
         body["app_key"] = app_key
-    with _errors(), _connect(url, token) as client:
-        found = client.request("POST", f"/api/apps/{app_id}/installations", json=body)
+    found = request(url, token, "POST", f"/api/apps/{app_id}/installations", json=body)
     if as_json:
         answer = {"installation_id": found["id"], "agent_id": found["agent_id"]}
         for key in ("ingestion_path", "ingestion_token", "mini_token"):
             if key in found:
                 answer[key] = found[key]
-        _print(answer)
+        print_json(answer)
         return
     click.echo(f"installed as {found['app_key']} on agent {found['agent_id']}: {found['id']}")
     if "ingestion_path" in found:
@@ -196,18 +155,18 @@ def install(
 @click.argument("installation_id")
 @click.option("--payload", help="The on_manual_invoke payload (JSON)")
 @click.option("--wait", default=60, show_default=True, help="Seconds to wait for the result")
-@_client_options
+@admin_client_options
+@json_option
 def invoke(
     installation_id: str, payload: str | None, wait: int, url: str, token: str, as_json: bool
 ) -> None:
     """Run on_manual_invoke now; print how it went (exit 1 if it failed)."""
-    body = {"payload": _json_option(payload, "--payload")}
+    body = {"payload": json_value(payload, "--payload")}
     path = f"/api/apps/installations/{installation_id}/invoke?wait={wait}"
-    with _errors(), _connect(url, token, wait + 30) as client:
-        answer = client.request("POST", path, json=body)
+    answer = request(url, token, "POST", path, timeout=wait + 30, json=body)
     invocation = answer.get("invocation")
     if as_json:
-        _print(answer)
+        print_json(answer)
     elif invocation is None:
         click.echo(f"queued as event {answer['event_id']}; not run within {wait} s")
     else:
@@ -236,13 +195,14 @@ def describe(invocation: dict[str, Any]) -> str:
 @click.argument("installation_id")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new invocations")
 @click.option("--limit", default=20, show_default=True, help="How many recent invocations")
-@_client_options
+@admin_client_options
+@json_option
 def logs(
     installation_id: str, follow: bool, limit: int, url: str, token: str, as_json: bool
 ) -> None:
     """The invocation log of INSTALLATION_ID: status, duration, error and output."""
     path = f"/api/apps/installations/{installation_id}/invocations"
-    with _errors(), _connect(url, token) as client:
+    with clean_errors(), connect(url, token) as client:
         found = client.request("GET", path, params={"limit": limit})
         last = _show(found, as_json, 0)
         while follow:
@@ -256,19 +216,19 @@ def logs(
 
 def _show(found: list[dict[str, Any]], as_json: bool, last: int) -> int:
     for invocation in reversed(found):  # the API answers newest first
-        click.echo(jsonish.dumps_str(invocation) if as_json else describe(invocation))
+        emit(invocation, as_json, describe(invocation))
         last = max(last, int(invocation["id"]))
     return last
 
 
 @app_group.command("list")
-@_client_options
+@admin_client_options
+@json_option
 def list_apps(url: str, token: str, as_json: bool) -> None:
     """The organisation's apps."""
-    with _errors(), _connect(url, token) as client:
-        apps = client.request("GET", "/api/apps")
+    apps = request(url, token, "GET", "/api/apps")
     if as_json:
-        _print(apps)
+        print_json(apps)
         return
     for app in apps:
         click.echo(f"{app['id']} {app['name']} ({app['kind']}) version {app['latest_version']}")
@@ -276,14 +236,14 @@ def list_apps(url: str, token: str, as_json: bool) -> None:
 
 @app_group.command("dead-letters")
 @click.argument("installation_id")
-@_client_options
+@admin_client_options
+@json_option
 def dead_letters(installation_id: str, url: str, token: str, as_json: bool) -> None:
     """Events that failed every attempt."""
     path = f"/api/apps/installations/{installation_id}/dead-letters"
-    with _errors(), _connect(url, token) as client:
-        letters = client.request("GET", path)
+    letters = request(url, token, "GET", path)
     if as_json:
-        _print(letters)
+        print_json(letters)
         return
     for letter in letters:
         click.echo(

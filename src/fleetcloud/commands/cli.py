@@ -16,84 +16,25 @@ Registered on ``fleetcloud`` by ``cli.py``::
 
 from __future__ import annotations
 
-import asyncio
 import os
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import quote
 
 import click
 
+from fleetcloud.clitools import (
+    admin_client_options,
+    client_options,
+    database_option,
+    emit,
+    json_object,
+    json_option,
+    request,
+    run,
+)
 from fleetcloud.core import jsonish
-from fleetcloud.core.errors import FleetError
-from fleetcloud.settings import DEFAULT_DATABASE
-
-T = TypeVar("T")
-
-
-def _run(coroutine: Awaitable[T]) -> T:
-    async def wrapped() -> T:
-        return await coroutine
-
-    try:
-        return asyncio.run(wrapped())
-    except FleetError as exc:
-        raise click.ClickException(exc.message) from exc
-
-
-def _client_options(function: Callable[..., Any]) -> Callable[..., Any]:
-    function = click.option(
-        "--url",
-        envvar="FLEETCLOUD_URL",
-        default="http://127.0.0.1:8000",
-        show_default=True,
-        help="The server [env FLEETCLOUD_URL]",
-    )(function)
-    return click.option(
-        "--token",
-        envvar="FLEETCLOUD_TOKEN",
-        required=True,
-        help="Bearer token [env FLEETCLOUD_TOKEN]",
-    )(function)
-
-
-def _database_option(function: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option(
-        "--database",
-        envvar="FLEETCLOUD_DATABASE_URL",
-        default=DEFAULT_DATABASE,
-        show_default=True,
-        help="sqlite:///FILE or postgresql://… [env FLEETCLOUD_DATABASE_URL]",
-    )(function)
-
-
-def _json_object(text: str | None, what: str) -> dict[str, Any]:
-    if text is None:
-        return {}
-    try:
-        value = jsonish.loads(text)
-    except ValueError as exc:
-        raise click.BadParameter(f"not valid JSON: {exc}", param_hint=what) from exc
-    if not isinstance(value, dict):
-        raise click.BadParameter("must be a JSON object", param_hint=what)
-    return value
-
-
-def _request(url: str, token: str, method: str, path: str, **kwargs: Any) -> Any:
-    from fleetcloud.client import Client
-
-    try:
-        with Client(url, token) as client:
-            return client.request(method, path, **kwargs)
-    except FleetError as exc:
-        raise click.ClickException(exc.message) from exc
-
-
-def _echo(value: Any, as_json: bool, text: str) -> None:
-    click.echo(jsonish.dumps_str(value) if as_json else text)
-
 
 # ---------------------------------------------------------------- commands
 
@@ -112,8 +53,8 @@ def _echo(value: Any, as_json: bool, text: str) -> None:
 @click.option("--metadata", help='Protocol metadata, e.g. {"topic": "…", "qos": 1}')
 @click.option("--expires-in", type=click.FloatRange(min=0), help="Seconds until it expires")
 @click.option("--request-id", help="Your own request id (default: a new UUID)")
-@_client_options
-@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts")
+@client_options
+@json_option
 def push(
     device_id: str,
     command_type: str,
@@ -133,15 +74,15 @@ def push(
         "command_type": command_type,
         "protocol": protocol,
         "parser_script_ref": parser_ref,
-        "payload": _json_object(payload, "--payload"),
-        "metadata": _json_object(metadata, "--metadata"),
+        "payload": json_object(payload, "--payload"),
+        "metadata": json_object(metadata, "--metadata"),
     }
     if expires_in is not None:
         body["expires_at"] = (datetime.now(UTC) + timedelta(seconds=expires_in)).isoformat()
     if request_id is not None:
         body["request_id"] = request_id
-    result = _request(url, token, "POST", "/api/commands", json=body)
-    _echo(
+    result = request(url, token, "POST", "/api/commands", json=body)
+    emit(
         {"request_id": result["request_id"]}, as_json, f"{result['request_id']} {result['status']}"
     )
 
@@ -156,8 +97,8 @@ def push(
     show_default=True,
     help="At most this many, newest first",
 )
-@_client_options
-@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts")
+@client_options
+@json_option
 def commands(
     device_id: str, status: str | None, limit: int, url: str, token: str, as_json: bool
 ) -> None:
@@ -165,25 +106,25 @@ def commands(
     params: dict[str, Any] = {"limit": limit}
     if status:
         params["status"] = status.upper()
-    found = _request(url, token, "GET", f"/api/agents/{device_id}/commands", params=params)
+    found = request(url, token, "GET", f"/api/agents/{device_id}/commands", params=params)
     lines = [
         f"{c['request_id']}  {c['status']:<9}  {c['command_type']}"
         + (f"  ({c['reason']})" if c.get("reason") else "")
         for c in found
     ]
-    _echo(found, as_json, "\n".join(lines) or "no commands")
+    emit(found, as_json, "\n".join(lines) or "no commands")
 
 
 @click.command()
 @click.argument("request_id")
-@_client_options
-@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts")
+@client_options
+@json_option
 def command(request_id: str, url: str, token: str, as_json: bool) -> None:
     """Show one command's status and history."""
-    found = _request(url, token, "GET", f"/api/commands/{quote(request_id, safe='')}")
+    found = request(url, token, "GET", f"/api/commands/{quote(request_id, safe='')}")
     lines = [f"{found['request_id']}  {found['status']}  {found['command_type']}"]
     lines += [f"  {h['at_ms']}  {h['status']}  {h['reason'] or ''}" for h in found["history"]]
-    _echo(found, as_json, "\n".join(lines))
+    emit(found, as_json, "\n".join(lines))
 
 
 # ---------------------------------------------------------------- parser scripts
@@ -197,51 +138,51 @@ def parser() -> None:
 @parser.command("upload")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--ref", help="Reference to store it under (default: the file name)")
-@_client_options
-@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts")
+@admin_client_options
+@json_option
 def parser_upload(file: Path, ref: str | None, url: str, token: str, as_json: bool) -> None:
     """Upload FILE as a parser script; the next command that names it uses it."""
     name = ref or file.name
     headers = {"Content-Type": "text/x-python"}
-    result = _request(
+    result = request(
         url, token, "PUT", f"/api/parsers/{quote(name)}", content=file.read_bytes(), headers=headers
     )
-    _echo(result, as_json, f"{result['ref']} version {result['version']} sha256 {result['sha256']}")
+    emit(result, as_json, f"{result['ref']} version {result['version']} sha256 {result['sha256']}")
 
 
 @parser.command("list")
-@_client_options
-@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts")
+@client_options
+@json_option
 def parser_list(url: str, token: str, as_json: bool) -> None:
     """List the parser scripts the organisation can use."""
-    found = _request(url, token, "GET", "/api/parsers")
+    found = request(url, token, "GET", "/api/parsers")
     lines = [f"{s['ref']:<40} {s['origin']:<9} {s['sha256'][:12]}" for s in found]
-    _echo(found, as_json, "\n".join(lines))
+    emit(found, as_json, "\n".join(lines))
 
 
 @parser.command("show")
 @click.argument("ref")
-@_client_options
-@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts")
+@client_options
+@json_option
 def parser_show(ref: str, url: str, token: str, as_json: bool) -> None:
     """Print a parser script's source."""
-    found = _request(url, token, "GET", f"/api/parsers/{quote(ref)}")
-    _echo(found, as_json, found["source"])
+    found = request(url, token, "GET", f"/api/parsers/{quote(ref)}")
+    emit(found, as_json, found["source"])
 
 
 @parser.command("assign")
 @click.argument("device_id")
 @click.argument("ref", required=False)
 @click.option("--config", help="The config dict the device's parser calls get (JSON)")
-@_client_options
-@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts")
+@client_options
+@json_option
 def parser_assign(
     device_id: str, ref: str | None, config: str | None, url: str, token: str, as_json: bool
 ) -> None:
     """Set DEVICE_ID's uplink parser (REF; none to accept JSON only) and parser config."""
-    body = {"parser_script_ref": ref, "config": _json_object(config, "--config")}
-    result = _request(url, token, "PUT", f"/api/agents/{device_id}/parser", json=body)
-    _echo(result, as_json, jsonish.dumps_str(result))
+    body = {"parser_script_ref": ref, "config": json_object(config, "--config")}
+    result = request(url, token, "PUT", f"/api/agents/{device_id}/parser", json=body)
+    emit(result, as_json, jsonish.dumps_str(result))
 
 
 # ---------------------------------------------------------------- the MQTT broker
@@ -269,8 +210,8 @@ def mqtt() -> None:
 )
 @click.option("--run-as", help="User Mosquitto becomes when started as root [its default]")
 @click.option("--mint-tokens", is_flag=True, help="New tokens for devices not yet enrolled")
-@_database_option
-@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts")
+@database_option
+@json_option
 def broker_config(
     organisation_id: int,
     out: Path,
@@ -290,19 +231,19 @@ def broker_config(
             listener = ListenerOptions(port, bind, run_as)
             return await write_config(store, organisation_id, out, listener, mint=mint_tokens)
 
-    result = _run(write())
+    result = run(write())
     text = (
         f"wrote {result['config']} ({result['devices']} devices, {result['minted']} new tokens)\n"
         f"run: mosquitto -c {result['config']}\n"
         f"then: fleetcloud serve --mqtt-url '{result['connector_url']}'"
     )
-    _echo(result, as_json, text)
+    emit(result, as_json, text)
 
 
 @mqtt.command("enroll")
 @click.argument("device_id", type=int)
 @click.option("--token", "device_token", required=True, help="The device's token")
-@_database_option
+@database_option
 def enroll(device_id: int, device_token: str, database: str) -> None:
     """Let DEVICE_ID log in to the broker with its token (rerun broker-config after)."""
     from fleetcloud.connectors.mosquitto import enroll_token
@@ -312,7 +253,7 @@ def enroll(device_id: int, device_token: str, database: str) -> None:
         async with open_store(database) as store:
             await enroll_token(store, device_id, device_token)
 
-    _run(store_hash())
+    run(store_hash())
     click.echo(f"device {device_id} enrolled; run fleetcloud mqtt broker-config again")
 
 
