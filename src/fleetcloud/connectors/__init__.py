@@ -7,4 +7,6 @@ lives in ``fleetcloud.commands.delivery``.
 
 - ``mqtt``: ``fleetcloud serve --mqtt-url mqtt://HOST:PORT`` (aiomqtt, Mosquitto);
   ``mosquitto`` generates the broker's password and ACL files.
+- ``coap``: ``fleetcloud serve --coap-bind HOST:PORT`` (aiocoap): a CoAP server devices
+  talk to; ``coap_wire`` is its resource layout and command envelope.
 """
