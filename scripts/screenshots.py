@@ -114,6 +114,45 @@ def take(page: Page, url: str, token: str, devices: dict[str, str], out: Path, s
         page.goto(f"{url}/devices/{devices['cold-room-3']}")
         page.wait_for_timeout(2500)
         shoot(page, out / "device-cold-room.png")
+        job_pages(page, url, out)
+        take_apps_and_commands(page, url, out)
+
+
+def take_apps_and_commands(page: Page, url: str, out: Path) -> None:
+    """An installation of the demo's processors after a manual invocation, and the
+    commands page after a command pushed from its form."""
+    page.goto(url + "/apps")
+    page.locator("tr[data-installation] a").first.click()
+    page.wait_for_load_state("networkidle")  # the page's script handles the button
+    page.get_by_role("button", name="Invoke now").click()
+    page.wait_for_timeout(3000)
+    shoot(page, out / "apps.png")
+    page.goto(url + "/commands")
+    page.get_by_label("Device", exact=True).select_option(label="pump-station-1")
+    page.get_by_label("Command type").fill("set_target_level")
+    page.get_by_label("Payload (a JSON object)").fill('{"level": 80}')
+    page.get_by_role("button", name="Push command").click()
+    page.wait_for_url("**/commands/*")
+    page.goto(url + "/commands")
+    shoot(page, out / "commands.png")
+
+
+def job_pages(page: Page, url: str, out: Path) -> None:
+    """A job on the north-field group: the demo agent's device runs it, the other waits."""
+    for _ in range(60):  # the demo agent is polling a moment after the server starts
+        page.goto(url + "/jobs/new")
+        if page.locator("[data-listening]").count():
+            break
+        page.wait_for_timeout(500)
+    page.get_by_label("Groups").check()
+    page.get_by_label("north-field").check()
+    shoot(page, out / "job-new.png", full_page=True)
+    page.get_by_role("button", name="Run job").click()
+    page.get_by_text("Succeeded").first.wait_for()
+    page.locator("details[data-stream='stdout'] summary").first.click()
+    shoot(page, out / "job-detail.png", full_page=True)
+    page.goto(url + "/jobs")
+    shoot(page, out / "jobs.png")
 
 
 if __name__ == "__main__":

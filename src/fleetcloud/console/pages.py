@@ -30,9 +30,13 @@ class Section:
     path: str
 
 
-NAV: list[Section] = [Section("devices", "Devices", "/devices")]
-"""The console's top-level pages, in menu order. The apps, commands and jobs pages
-(issue 6, items 5–7) add their ``Section`` here when they land."""
+NAV: list[Section] = [
+    Section("devices", "Devices", "/devices"),
+    Section("apps", "Apps", "/apps"),
+    Section("commands", "Commands", "/commands"),
+    Section("jobs", "Jobs", "/jobs"),
+]
+"""The console's top-level pages, in menu order; a new page adds its ``Section`` here."""
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": (

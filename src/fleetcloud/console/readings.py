@@ -16,6 +16,7 @@ RESERVED = frozenset(
         "significantEvent",
         "doover_connection",
         "jobs",
+        "commands",
     }
 )
 """Channels with a fixed meaning (DESIGN.md); the rest hold the device's own data."""
