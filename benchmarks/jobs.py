@@ -4,6 +4,7 @@
     uv run python -m benchmarks.jobs --agents 2000     # fewer agents
     uv run python -m benchmarks.jobs --quick           # 200 agents, a few seconds: a smoke run
     uv run python -m benchmarks.jobs --no-write        # print only, leave the docs alone
+    uv run python -m benchmarks.jobs --no-write --profile DIR  # cProfile in every server thread
 
 It starts ``fleetcloud serve --no-demo`` as a subprocess on a SQLite file in a temporary
 directory and simulates ``--agents`` device agents in this one process (asyncio, uvloop
@@ -38,6 +39,8 @@ job. The run fails (exit status 1) otherwise.
 
 ``RLIMIT_NOFILE`` is raised to what the agents need before the server is spawned (the
 server inherits it); the server's own limit is read back from ``/proc/<pid>/limits``.
+The server's CPU is reported in total and for its event-loop thread alone (the rest is
+its SQLite writer and reader threads).
 """
 
 from __future__ import annotations
@@ -45,15 +48,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import cProfile
 import datetime
 import os
 import platform
+import pstats
 import resource
 import signal
 import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -182,9 +188,11 @@ async def call(port: int, raw: bytes) -> tuple[int, Any]:
 # ---------------------------------------------------------------- measuring
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process ``pid`` and its threads so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def cpu_seconds(pid: int, tid: int | None = None) -> float:
+    """User + system CPU time of process ``pid`` and its threads so far (of its thread
+    ``tid`` only, if given: the main thread, which runs the event loop, has ``tid == pid``)."""
+    stat = Path(f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat")
+    fields = stat.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
@@ -241,6 +249,7 @@ class Usage:
     other: float
     rss_mean: float
     rss_max: float
+    loop: float = 0.0  # the server's event-loop thread (part of ``server``)
 
 
 class Meter:
@@ -266,8 +275,14 @@ class Meter:
             self.samples.append((time.monotonic(), rss_bytes(self.pid)))
             await asyncio.sleep(self.interval)
 
-    def snap(self) -> tuple[float, float, float, float]:
-        return (time.monotonic(), cpu_seconds(self.pid), time.process_time(), system_busy())
+    def snap(self) -> tuple[float, float, float, float, float]:
+        return (
+            time.monotonic(),
+            cpu_seconds(self.pid),
+            time.process_time(),
+            system_busy(),
+            cpu_seconds(self.pid, self.pid),
+        )
 
     def usage(self, start: tuple[float, ...], stop: tuple[float, ...]) -> Usage:
         seconds = max(stop[0] - start[0], 1e-9)
@@ -276,7 +291,13 @@ class Meter:
         busy = (stop[3] - start[3]) / seconds
         rss = [r for t, r in self.samples if start[0] <= t <= stop[0]] or [rss_bytes(self.pid)]
         return Usage(
-            seconds, server, client, max(busy - server - client, 0.0), sum(rss) / len(rss), max(rss)
+            seconds,
+            server,
+            client,
+            max(busy - server - client, 0.0),
+            sum(rss) / len(rss),
+            max(rss),
+            (stop[4] - start[4]) / seconds,
         )
 
 
@@ -588,40 +609,78 @@ async def until_quiet(
     return time.monotonic() - began
 
 
-@contextlib.contextmanager
-def profiled(directory: Path | None, pid: int, name: str) -> Any:
-    """``py-spy record`` on the server while the block runs (with ``--profile DIR``)."""
-    if directory is None:
-        yield
-        return
-    directory.mkdir(parents=True, exist_ok=True)
-    spy = subprocess.Popen(
-        [
-            str(Path(sys.executable).with_name("py-spy")),
-            "record",
-            "--pid",
-            str(pid),
-            "--rate",
-            "100",
-            "--threads",
-            "--nonblocking",
-            "--format",
-            "raw",
-            "-o",
-            str(directory / f"{name}.txt"),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+SERVE_PROFILED = "--serve-profiled"
+
+
+def serve_profiled(directory: Path, argv: list[str]) -> None:
+    """Run ``fleetcloud ARGV`` with cProfile on in every thread; when it exits, one stats
+    file per thread in ``directory`` (the event loop's is ``MainThread.prof``).
+
+    cProfile roughly doubles the cost of Python code, so the figures of a profiled run
+    are not the benchmark's; the shares are what it is for."""
+    profiles: list[tuple[str, cProfile.Profile]] = []
+
+    def install(frame: Any, event: str, arg: Any) -> None:
+        sys.setprofile(None)
+        profile = cProfile.Profile()
+        profiles.append((f"{threading.current_thread().name}-{len(profiles)}", profile))
+        profile.enable()
+
+    from fleetcloud.cli import main as fleetcloud
+
+    # uvicorn raises the SIGTERM it caught again after its shutdown: end with SystemExit
+    # then, so the stats are written.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+    threading.setprofile(install)
+    main_thread = cProfile.Profile()
+    main_thread.enable()
     try:
-        yield
+        fleetcloud(argv, standalone_mode=False)
     finally:
-        spy.send_signal(signal.SIGINT)
-        try:
-            spy.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            spy.kill()
-            spy.wait()
+        main_thread.disable()
+        directory.mkdir(parents=True, exist_ok=True)
+        main_thread.dump_stats(directory / "MainThread.prof")
+        for name, profile in profiles:
+            profile.create_stats()
+            profile.dump_stats(directory / f"{name}.prof")
+
+
+class ProfiledServer(Server):
+    """``fleetcloud serve`` under ``serve_profiled`` (with ``--profile DIR``)."""
+
+    def __init__(self, database: str, log: Path, directory: Path) -> None:
+        super().__init__(database, log=log)
+        self.directory = directory
+
+    def start(self, timeout: float = 30) -> None:
+        args = ["serve", "--port", str(self.port), "--database", self.database, "--no-demo"]
+        command = [sys.executable, "-m", "benchmarks.jobs", SERVE_PROFILED, str(self.directory)]
+        assert self.log is not None
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [*command, *args], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"fleetcloud exited early:\n{self.log.read_text()[-3000:]}")
+            with contextlib.suppress(OSError, ConnectionError):
+                status, _ = run_loop(call(self.port, http("GET", "/healthz", self.port, {})))
+                if status == 200:
+                    return
+            time.sleep(0.2)
+        raise RuntimeError(f"fleetcloud did not answer within {timeout} s")
+
+
+def print_profiles(directory: Path, top: int = 30) -> None:
+    """The functions that took the most time in each busy thread of a profiled server."""
+    for path in sorted(directory.glob("*.prof")):
+        stats = pstats.Stats(str(path))
+        total = getattr(stats, "total_tt", 0.0)
+        if total < 1.0:
+            continue  # an idle thread (a reader that did little, the asyncio executor)
+        print(f"\n==== {path.stem}: {total:.1f} s profiled")
+        stats.sort_stats("tottime").print_stats(top)
 
 
 # ---------------------------------------------------------------- the run
@@ -695,8 +754,7 @@ async def simulate(fleet: Fleet, server: Server, options: argparse.Namespace, f:
 
         print(f"holding {len(agents):,} long-polls for {options.hold:g} s …", flush=True)
         start = meter.snap()
-        with profiled(options.profile, pid, "hold"):
-            await asyncio.sleep(options.hold)
+        await asyncio.sleep(options.hold)
         f.hold = meter.usage(start, meter.snap())
 
         print(f"plain polls at {options.probe_rate:g}/s for {options.probe_seconds:g} s …")
@@ -710,24 +768,23 @@ async def simulate(fleet: Fleet, server: Server, options: argparse.Namespace, f:
 
         print(f"fan-out: one job to all {len(agents):,} agents …", flush=True)
         start = meter.snap()
-        with profiled(options.profile, pid, "fanout"):
-            plain = asyncio.create_task(
-                probe_polls(fleet, options.probe_rate, options.fanout_probe_seconds)
+        plain = asyncio.create_task(
+            probe_polls(fleet, options.probe_rate, options.fanout_probe_seconds)
+        )
+        sent = time.perf_counter()
+        job = await execute(fleet, "fan-out", None)
+        f.execute_seconds = time.perf_counter() - sent
+        f.fanout_job = job["job_id"]
+        times = fleet.times(f.fanout_job)
+        times.expected = len(agents)
+        times.check()
+        try:
+            await asyncio.wait_for(times.done.wait(), options.timeout)
+        except TimeoutError:
+            f.problems.append(
+                f"after {options.timeout:g} s only {len(times.got):,} agents had the job and "
+                f"{len(times.succeeded):,} had reported SUCCEEDED"
             )
-            sent = time.perf_counter()
-            job = await execute(fleet, "fan-out", None)
-            f.execute_seconds = time.perf_counter() - sent
-            f.fanout_job = job["job_id"]
-            times = fleet.times(f.fanout_job)
-            times.expected = len(agents)
-            times.check()
-            try:
-                await asyncio.wait_for(times.done.wait(), options.timeout)
-            except TimeoutError:
-                f.problems.append(
-                    f"after {options.timeout:g} s only {len(times.got):,} agents had the job and "
-                    f"{len(times.succeeded):,} had reported SUCCEEDED"
-                )
         f.fanout = meter.usage(start, meter.snap())
         f.got = [t - sent for t in times.got]
         f.started = [t - sent for t in times.started]
@@ -833,8 +890,8 @@ def cores(usage: Usage | None) -> str:
     if usage is None:
         return "—"
     return (
-        f"server {usage.server * 100:.0f} %, simulator {usage.client * 100:.0f} %, "
-        f"rest of the machine {usage.other * 100:.0f} %"
+        f"server {usage.server * 100:.0f} % (event-loop thread {usage.loop * 100:.0f} %), "
+        f"simulator {usage.client * 100:.0f} %, rest of the machine {usage.other * 100:.0f} %"
     )
 
 
@@ -1033,8 +1090,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--profile",
         type=Path,
         metavar="DIR",
-        help="record the server with py-spy (installed in the venv) during the hold and the "
-        "fan-out: DIR/hold.txt, DIR/fanout.txt (collapsed stacks)",
+        help="run the server with cProfile in every thread; one stats file per thread in DIR, "
+        "and the top functions printed (the figures of such a run are not the benchmark's)",
     )
     options = parser.parse_args(argv)
     if options.quick:
@@ -1068,9 +1125,12 @@ def stop_on_sigterm(signum: int, frame: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    options = parse_args(argv)
-    signal.signal(signal.SIGTERM, stop_on_sigterm)
     given = list(sys.argv[1:] if argv is None else argv)
+    if given[:1] == [SERVE_PROFILED]:
+        serve_profiled(Path(given[1]), given[2:])
+        return 0
+    options = parse_args(given)
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     command = " ".join(["uv run python -m benchmarks.jobs", *given])
     soft, hard = raise_fd_limit(options.agents + 16 + 64 + 256)
     f = Figures(options.agents, client_fd_limit=f"{soft} (hard {hard})", load_before=loadavg())
@@ -1087,7 +1147,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         began = time.perf_counter()
         bulk = run_loop(register_in_store(database, secret, names))
         f.store_registered, f.store_register_seconds = len(bulk), time.perf_counter() - began
-        server = Server(database, log=directory / "server.log")
+        log = directory / "server.log"
+        server = (
+            Server(database, log=log)
+            if options.profile is None
+            else ProfiledServer(database, log, options.profile.resolve())
+        )
         server.start()
         assert server.process is not None
         f.server_fd_limit = open_files_limit(server.process.pid)
@@ -1104,6 +1169,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_loop(simulate(fleet, server, options, f))
         finally:
             server.stop()
+        if options.profile is not None:
+            print_profiles(options.profile.resolve())
         if f.fanout_job:
             verify_database(path, f, options.agents)
         if options.keep:

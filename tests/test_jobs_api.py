@@ -10,7 +10,8 @@ import httpx
 import pytest
 
 from fleetcloud.core.types import AgentKind, Principal, Role
-from fleetcloud.jobs.service import JobsService, jobs_service
+from fleetcloud.jobs.requests import parse_execute
+from fleetcloud.jobs.service import JobsService, jobs_service, running
 from fleetcloud.platform import Platform
 from fleetcloud.settings import Settings
 from tests.conftest import Tenant, make_tenant
@@ -459,6 +460,32 @@ async def test_concurrent_polls_start_the_execution_once(
     assert (execution["status"], execution["version"]) == ("IN_PROGRESS", 2)
 
 
+async def test_polls_woken_together_each_device_starts_its_execution_once(
+    api: httpx.AsyncClient, platform: Platform, tenant: Tenant, service: JobsService
+) -> None:
+    """A job for many devices wakes their parked polls together, and they claim together
+    in one unit of work: every device gets its execution, and a device polling twice at
+    once gets it on one of the two polls only."""
+    fleet = await add_devices(platform, tenant, 12)
+    polls = [
+        asyncio.create_task(poll(api, device_id, token, wait=3))
+        for device_id, token in fleet
+        for _ in range(2)
+    ]
+    while len(service.waiters) < len(polls):  # noqa: ASYNC110 - until every poll is parked
+        await asyncio.sleep(0.01)
+    job = await execute(api, tenant, target_devices=[str(d) for d, _ in fleet])
+    answers = await asyncio.gather(*polls)
+    for index in range(len(fleet)):
+        pair = answers[2 * index : 2 * index + 2]
+        assert sorted("job_id" in answer for answer in pair) == [False, True], pair
+        assert NO_JOBS in pair
+    started = [a for a in answers if "job_id" in a]
+    assert {a["job_id"] for a in started} == {job["job_id"]}
+    counts = (await job_of(api, tenant, job["job_id"]))["counts"]
+    assert (counts["IN_PROGRESS"], counts["QUEUED"]) == (len(fleet), 0)
+
+
 async def test_two_server_processes_polling_one_device_start_one_execution(
     api: httpx.AsyncClient, tenant: Tenant, service: JobsService, database_url: str
 ) -> None:
@@ -487,8 +514,7 @@ async def test_two_server_processes_polling_one_device_start_one_execution(
 async def test_long_poll_answers_as_soon_as_a_job_is_queued(
     api: httpx.AsyncClient, tenant: Tenant, service: JobsService
 ) -> None:
-    service.recheck_seconds = 120  # only the in-process wake-up can answer early
-    started = time.monotonic()
+    started = time.monotonic()  # no background loop runs: only the in-process wake-up
     waiting = asyncio.create_task(poll(api, tenant.device_id, tenant.device_token, wait=30))
     while len(service.waiters) == 0:  # noqa: ASYNC110 - until the poll is parked
         await asyncio.sleep(0.01)
@@ -496,6 +522,36 @@ async def test_long_poll_answers_as_soon_as_a_job_is_queued(
     got = await waiting
     assert got["job_id"] == job["job_id"]
     assert time.monotonic() - started < 15  # not at the end of its 30 s wait
+
+
+async def test_a_job_queued_by_another_process_wakes_the_long_poll(
+    api: httpx.AsyncClient,
+    platform: Platform,
+    tenant: Tenant,
+    service: JobsService,
+    database_url: str,
+) -> None:
+    """A second platform on the same database stands for another server process: the
+    job it queues reaches this process's parked poll through the background sweep."""
+    settings = Settings(database_url=database_url, bus_url="memory")
+    async with running(platform), Platform.from_settings(settings) as second:
+        waiting = asyncio.create_task(poll(api, tenant.device_id, tenant.device_token, wait=60))
+        while len(service.waiters) == 0:  # noqa: ASYNC110 - until the poll is parked
+            await asyncio.sleep(0.01)
+        other = JobsService(second.store)
+        admin = Principal(tenant.organisation.agent_id, tenant.organisation.id, Role.ADMIN)
+        request = parse_execute(
+            {
+                "job_name": "from elsewhere",
+                "job_document": DOC,
+                "target_type": "device",
+                "target_devices": [str(tenant.device_id)],
+            }
+        )
+        job = await other.execute(admin, request)
+        assert len(other.waiters) == 0  # nobody waits in the second process to wake
+        got = await asyncio.wait_for(waiting, 30)  # well before the 60 s wait ends
+    assert (got["job_id"], got["status"]) == (str(job.id), "IN_PROGRESS")
 
 
 async def test_long_poll_without_work_answers_no_pending_jobs(

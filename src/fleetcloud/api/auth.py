@@ -31,13 +31,25 @@ ROLE_GUARDS: dict[Role, RequestGuard] = {}
 """Per role, a check run on every authenticated request (with the token) that may raise."""
 
 
+DEVICE_KEY_SECONDS = 60.0
+"""How long a checked ``X-Device-API-Key`` is trusted: longer than a device agent's
+long-poll (30 s by default), so a fleet that keeps polling costs no token lookups."""
+
+
 class Authenticator:
     """Resolves tokens (briefly cached, so a hot path costs no query) and agents."""
 
-    def __init__(self, store: Store, cache_seconds: float = 10.0) -> None:
+    def __init__(
+        self,
+        store: Store,
+        cache_seconds: float = 10.0,
+        device_key_seconds: float = DEVICE_KEY_SECONDS,
+    ) -> None:
         self.store = store
         self.cache_seconds = cache_seconds
+        self.device_key_seconds = device_key_seconds
         self._tokens: dict[str, tuple[Principal, float]] = {}
+        self._device_keys: dict[str, tuple[Principal, float]] = {}
         self._agents: dict[int, Agent] = {}
 
     async def principal(self, token: str) -> Principal:
@@ -48,9 +60,19 @@ class Authenticator:
         principal = await self.store.read(agents.resolve_token(token))
         if principal is None:
             raise Unauthorized("the token is not valid (unknown, revoked or expired)")
-        if len(self._tokens) > 100_000:
-            self._tokens.clear()
-        self._tokens[token] = (principal, now + self.cache_seconds)
+        remember(self._tokens, token, principal, now + self.cache_seconds)
+        return principal
+
+    async def device_key(self, key: str) -> Principal:
+        """Who sent ``X-Device-API-Key: key``. A device's key is trusted for
+        ``device_key_seconds`` once checked; any other token as ``principal`` trusts it."""
+        cached = self._device_keys.get(key)
+        now = time.monotonic()
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        principal = await self.principal(key)
+        if principal.role is Role.DEVICE:
+            remember(self._device_keys, key, principal, now + self.device_key_seconds)
         return principal
 
     async def authenticate(self, conn: HTTPConnection) -> Principal:
@@ -80,6 +102,14 @@ class Authenticator:
 
     def forget_agent(self, agent_id: int) -> None:
         self._agents.pop(agent_id, None)
+
+
+def remember(
+    cache: dict[str, tuple[Principal, float]], token: str, principal: Principal, until: float
+) -> None:
+    if len(cache) > 100_000:
+        cache.clear()
+    cache[token] = (principal, until)
 
 
 def may_write(principal: Principal, agent: Agent) -> bool:

@@ -17,7 +17,7 @@ from starlette.routing import BaseRoute, Route
 from fleetcloud.api.http import JSONResponse, query_int, read_body, read_object
 from fleetcloud.core.errors import BadRequest, Forbidden, NotFound
 from fleetcloud.core.jsonish import parse_body, to_id
-from fleetcloud.core.types import Principal, Role
+from fleetcloud.core.types import AgentKind, Principal, Role
 from fleetcloud.jobs import devices, repo, requests
 from fleetcloud.jobs.model import NO_PENDING_JOBS, id_in, next_job_json
 from fleetcloud.jobs.repo import ExecutionFilter
@@ -44,7 +44,7 @@ async def caller(request: Request) -> tuple[JobsService, Principal]:
     platform = platform_of(request)
     key = request.headers.get(DEVICE_KEY_HEADER, "").strip()
     if key:
-        principal = await platform.auth.principal(key)
+        principal = await platform.auth.device_key(key)
     else:
         principal = await platform.auth.authenticate(request)
     return jobs_service(platform), principal
@@ -65,12 +65,14 @@ def path_id(request: Request, name: str, what: str) -> int:
     return value
 
 
-async def device_of(request: Request, service: JobsService, principal: Principal) -> int:
+async def device_of(request: Request, principal: Principal) -> int:
     """The ``{uuid}`` in the path, if the caller may see that device (404 otherwise)."""
     device_id = path_id(request, "uuid", "device")
     if principal.role is not Role.ADMIN and principal.agent_id != device_id:
         raise NotFound(f"device {device_id} does not exist")
-    await service.store.read(devices.require_device(principal.organisation_id, device_id))
+    agent = await platform_of(request).auth.agent(principal, device_id)  # cached
+    if agent.kind is not AgentKind.DEVICE:
+        raise NotFound(f"device {device_id} does not exist")
     return device_id
 
 
@@ -133,7 +135,7 @@ async def list_devices(request: Request) -> Response:
 
 async def get_device(request: Request) -> Response:
     service, principal = await caller(request)
-    device_id = await device_of(request, service, principal)
+    device_id = await device_of(request, principal)
     device = await service.store.read(devices.get_device(principal.organisation_id, device_id))
     return JSONResponse(device.to_json())
 
@@ -141,7 +143,7 @@ async def get_device(request: Request) -> Response:
 async def next_job(request: Request) -> Response:
     """``GET /devices/{uuid}/jobs/next[?wait=SECONDS]``: start the next execution."""
     service, principal = await caller(request)
-    device_id = await device_of(request, service, principal)
+    device_id = await device_of(request, principal)
     if principal.agent_id != device_id:
         raise Forbidden(
             "jobs/next starts the execution, so only the device itself may call it; "
@@ -169,7 +171,7 @@ def wait_of(request: Request) -> float:
 
 async def device_history(request: Request) -> Response:
     service, principal = await caller(request)
-    device_id = await device_of(request, service, principal)
+    device_id = await device_of(request, principal)
     query = execution_filter(request, principal, device_id=device_id)
     found = await service.store.read(repo.list_executions(query))
     return JSONResponse([execution.to_json() for execution in found])
@@ -177,7 +179,7 @@ async def device_history(request: Request) -> Response:
 
 async def get_execution(request: Request) -> Response:
     service, principal = await caller(request)
-    device_id = await device_of(request, service, principal)
+    device_id = await device_of(request, principal)
     job_id = path_id(request, "job_id", "job")
     execution = await service.store.read(
         repo.latest_execution(principal.organisation_id, device_id, job_id)
@@ -188,7 +190,7 @@ async def get_execution(request: Request) -> Response:
 async def update_status(request: Request) -> Response:
     """``PATCH /devices/{uuid}/jobs/{job_id}/status``: the device reports."""
     service, principal = await caller(request)
-    device_id = await device_of(request, service, principal)
+    device_id = await device_of(request, principal)
     job_id = path_id(request, "job_id", "job")
     update = requests.parse_status_update(await read_object(request))
     execution = await service.update_status(principal, device_id, job_id, update)
@@ -198,7 +200,7 @@ async def update_status(request: Request) -> Response:
 async def stop_execution(request: Request) -> Response:
     """``POST …/jobs/{job_id}/cancel`` → CANCELED, ``…/remove`` → REMOVED (operators)."""
     service, principal = await operator(request)
-    device_id = await device_of(request, service, principal)
+    device_id = await device_of(request, principal)
     job_id = path_id(request, "job_id", "job")
     body = await optional_body(request)
     target = ExecutionStatus.CANCELED

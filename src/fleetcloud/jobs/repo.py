@@ -2,9 +2,11 @@
 
 Every execution change is one conditional ``UPDATE … WHERE id = ? AND version = ?``, so
 two writers (two polls, a device and the timeout sweep, two server processes) never both
-win; the loser sees the change and answers 409 or moves on. The same unit publishes the
-new state to the device's ``jobs`` channel, queues a retry, applies abort criteria and
-rolls the job up — all or nothing.
+win; the loser sees the change and answers 409 or moves on. Starting executions (the
+claim of ``jobs/next``) is one ``UPDATE`` too, conditional on the row still being QUEUED
+and the device having none IN_PROGRESS, for any number of devices at once. The same unit
+publishes the new state to the device's ``jobs`` channel, queues a retry, applies abort
+criteria and rolls the job up — all or nothing.
 """
 
 from __future__ import annotations
@@ -47,11 +49,12 @@ JOB_COLUMNS = (
     "created_by, created_ms, updated_ms, completed_ms, reason, force_canceled, "
     "window_start_ms, window_count, unreleased"
 )
-EXECUTION_COLUMNS = (
-    "e.id, e.job_id, e.device_id, e.organisation_id, e.attempt, e.latest, e.status, "
-    "e.version, e.timeout_seconds, e.queued_ms, e.started_ms, e.updated_ms, e.finished_ms, "
-    "e.deadline_ms, e.exit_code, e.stdout, e.stderr, e.status_details, e.reason, j.name"
+EXECUTION_FIELDS = (
+    "id, job_id, device_id, organisation_id, attempt, latest, status, version, "
+    "timeout_seconds, queued_ms, started_ms, updated_ms, finished_ms, deadline_ms, "
+    "exit_code, stdout, stderr, status_details, reason"
 )
+EXECUTION_COLUMNS = ", ".join(f"e.{name}" for name in EXECUTION_FIELDS.split(", ")) + ", j.name"
 EXECUTIONS = f"SELECT {EXECUTION_COLUMNS} FROM job_executions e JOIN jobs j ON j.id = e.job_id"  # noqa: S608 - constant columns
 TEMPLATE_COLUMNS = (
     "id, organisation_id, name, description, document, parameters, timeout_seconds, "
@@ -258,7 +261,11 @@ def delete_template(organisation_id: int, template_id: int) -> Work[None]:
 
 def create_job(job: Job, devices: Sequence[int], now: int) -> Work[tuple[Job, list[int]]]:
     """Store ``job`` with its targets and queue the first executions (all of them,
-    unless a rollout rate holds some back). Returns the job and the devices queued."""
+    unless a rollout rate holds some back). Returns the job and the devices queued.
+
+    Without a rollout rate every target is queued at once, so none is written to
+    ``job_targets`` only to be read back and deleted in the same transaction."""
+    held = job.maximum_per_minute is not None
     criteria = [c.to_json() for c in job.abort_criteria]
     retries = [c.to_json() for c in job.retries]
     yield Execute(
@@ -285,15 +292,19 @@ def create_job(job: Job, devices: Sequence[int], now: int) -> Work[tuple[Job, li
             None,  # reason
             0,  # force_canceled
             0,  # window_start_ms
-            0,  # window_count
-            len(devices),  # unreleased
+            0 if held else len(devices),  # window_count
+            len(devices) if held else 0,  # unreleased
         ),
     )
-    yield ExecuteMany(
-        "INSERT INTO job_targets (job_id, seq, device_id) VALUES (?, ?, ?)",
-        [(job.id, seq, device) for seq, device in enumerate(devices)],
-    )
-    queued = yield from release(job.id, now)
+    if held:
+        yield ExecuteMany(
+            "INSERT INTO job_targets (job_id, seq, device_id) VALUES (?, ?, ?)",
+            [(job.id, seq, device) for seq, device in enumerate(devices)],
+        )
+        queued = yield from release(job.id, now)
+    else:
+        queued = list(devices)
+        yield from _queue(job, queued, 1, now)
     created = yield from require_job(job.organisation_id, job.id)
     return created, queued
 
@@ -390,27 +401,42 @@ def due_rollouts(now: int) -> Work[list[int]]:
 def _queue(job: Job, devices: Sequence[int], attempt: int, now: int) -> Work[None]:
     if not devices:
         return
-    ids = [new_id() for _ in devices]
+    queued = [
+        Execution(
+            id=new_id(),
+            job_id=job.id,
+            device_id=device,
+            organisation_id=job.organisation_id,
+            attempt=attempt,
+            latest=True,
+            status=S.QUEUED,
+            version=1,
+            timeout_seconds=job.timeout_seconds,
+            queued_ms=now,
+            updated_ms=now,
+            job_name=job.name,
+        )
+        for device in devices
+    ]
     yield ExecuteMany(
         "INSERT INTO job_executions (id, job_id, device_id, organisation_id, attempt, latest, "
         "status, version, timeout_seconds, queued_ms, updated_ms) "
         "VALUES (?, ?, ?, ?, ?, 1, ?, 1, ?, ?, ?)",
         [
             (
-                execution_id,
-                job.id,
-                device,
-                job.organisation_id,
-                attempt,
-                S.QUEUED.value,
-                job.timeout_seconds,
-                now,
-                now,
+                e.id,
+                e.job_id,
+                e.device_id,
+                e.organisation_id,
+                e.attempt,
+                e.status.value,
+                e.timeout_seconds,
+                e.queued_ms,
+                e.updated_ms,
             )
-            for execution_id, device in zip(ids, devices, strict=True)
+            for e in queued
         ],
     )
-    queued = yield from _load_executions(ids)
     yield from _announce(queued, None)
 
 
@@ -475,18 +501,6 @@ def _cancel(job: Job, force: bool, reason: str, now: int, author: int | None) ->
 # ---------------------------------------------------------------- executions
 
 
-def _load_executions(ids: Sequence[int]) -> Work[list[Execution]]:
-    found: list[Execution] = []
-    for start in range(0, len(ids), 500):
-        chunk = list(ids[start : start + 500])
-        rows = yield Fetch(
-            f"{EXECUTIONS} WHERE e.id IN ({placeholders(len(chunk))}) ORDER BY e.id",
-            chunk,
-        )
-        found.extend(_execution(row) for row in rows)
-    return found
-
-
 def latest_execution(organisation_id: int, device_id: int, job_id: int) -> Work[Execution]:
     rows = yield Fetch(
         f"{EXECUTIONS} WHERE e.job_id = ? AND e.device_id = ? AND e.organisation_id = ? "
@@ -539,6 +553,16 @@ def has_pending(device_id: int) -> Work[bool]:
     return S.QUEUED.value in statuses and S.IN_PROGRESS.value not in statuses
 
 
+def queued_since(floor: int) -> Work[list[tuple[int, int]]]:
+    """``(execution id, device id)`` of the QUEUED executions with ids above ``floor``
+    (ids grow with time, so: made since then), for waking parked long-polls."""
+    rows = yield Fetch(
+        "SELECT id, device_id FROM job_executions WHERE status = ? AND id > ?",
+        (S.QUEUED.value, floor),
+    )
+    return [(int(row[0]), int(row[1])) for row in rows]
+
+
 def running(device_id: int, other_than: int = 0) -> Work[Execution | None]:
     """The device's IN_PROGRESS execution (other than ``other_than``), if any."""
     rows = yield Fetch(
@@ -548,27 +572,60 @@ def running(device_id: int, other_than: int = 0) -> Work[Execution | None]:
     return _execution(rows[0]) if rows else None
 
 
-def claim_next(device_id: int, now: int) -> Work[tuple[Execution, dict[str, Any]] | None]:
-    """Start the device's oldest QUEUED execution (→ IN_PROGRESS), unless one is running.
+JOB_OF_ROW = (
+    "(SELECT name FROM jobs WHERE jobs.id = job_executions.job_id), "
+    "(SELECT document FROM jobs WHERE jobs.id = job_executions.job_id)"
+)
+CLAIM = (
+    "UPDATE job_executions SET status = ?, version = version + 1, started_ms = ?, "  # noqa: S608 - constant columns
+    "updated_ms = ?, deadline_ms = ? + timeout_seconds * 1000 "
+    "WHERE status = ? AND device_id IN ({devices}) "
+    "AND id = (SELECT q.id FROM job_executions q WHERE q.device_id = job_executions.device_id "
+    "AND q.status = ? ORDER BY q.queued_ms, q.id LIMIT 1) "
+    "AND NOT EXISTS (SELECT 1 FROM job_executions r "
+    "WHERE r.device_id = job_executions.device_id AND r.status = ?) "
+    f"RETURNING {EXECUTION_FIELDS}, {JOB_OF_ROW}"
+)
 
-    Atomic: the move is conditional on the row's version, and the partial unique index
-    allows one IN_PROGRESS execution per device, so concurrent polls — in this process
-    or another — start at most one execution, once.
+Claimed = tuple[Execution, dict[str, Any]]
+
+
+def claim_next(device_id: int, now: int) -> Work[Claimed | None]:
+    """Start the device's oldest QUEUED execution (→ IN_PROGRESS), unless one is running."""
+    [claimed] = yield from claim_many([device_id], now)
+    return claimed
+
+
+def claim_many(device_ids: Sequence[int], now: int) -> Work[list[Claimed | None]]:
+    """``claim_next`` for each of ``device_ids`` (one answer each, in order; a device named
+    twice gets its execution once), with one publish of the new states.
+
+    One statement picks, checks and moves the rows, so concurrent polls — in this process
+    or another — start at most one execution per device, once: the loser of a race finds
+    the row no longer QUEUED (or, across processes, the partial unique index refuses a
+    second IN_PROGRESS execution for the device, and the whole unit fails).
     """
-    busy = yield from running(device_id)
-    if busy is not None:
-        return None
+    queued, in_progress = S.QUEUED.value, S.IN_PROGRESS.value
+    wanted = list(dict.fromkeys(device_ids))
     rows = yield Fetch(
-        f"{EXECUTIONS} WHERE e.device_id = ? AND e.status = ? ORDER BY e.queued_ms, e.id LIMIT 1",
-        (device_id, S.QUEUED.value),
+        CLAIM.format(devices=placeholders(len(wanted))),
+        (in_progress, now, now, now, queued, *wanted, queued, in_progress),
     )
-    if not rows:
-        return None
-    started = yield from _move(_execution(rows[0]), S.IN_PROGRESS, now)
-    assert started is not None
-    yield from _announce([started], device_id)
-    documents = yield Fetch("SELECT document FROM jobs WHERE id = ?", (started.job_id,))
-    return started, jsonish.loads(documents[0][0])
+    documents: dict[int, dict[str, Any]] = {}  # parsed once per job
+    started: dict[int, Claimed] = {}
+    for *fields, name, document in rows:
+        execution = _execution((*fields, name))
+        if execution.job_id not in documents:
+            documents[execution.job_id] = jsonish.loads(document)
+        started[execution.device_id] = (execution, documents[execution.job_id])
+    if started:
+        yield from publish(
+            [
+                PublishItem(device, JOBS_CHANNEL, execution.summary(), device)
+                for device, (execution, _) in started.items()
+            ]
+        )
+    return [started.pop(device, None) for device in device_ids]
 
 
 def update_status(
@@ -698,16 +755,16 @@ def _move(
         values["reason"] = reason
     assert set(values) <= MOVABLE
     assignments = ", ".join(f"{column} = ?" for column in values)
-    changed = yield Execute(
-        f"UPDATE job_executions SET {assignments} WHERE id = ? AND version = ?",  # noqa: S608 - whitelisted columns
+    rows = yield Fetch(
+        f"UPDATE job_executions SET {assignments} WHERE id = ? AND version = ? "  # noqa: S608 - whitelisted columns
+        f"RETURNING {EXECUTION_FIELDS}",
         (*values.values(), execution.id, execution.version),
     )
-    if not changed:
+    if not rows:
         if strict:
             raise Conflict("the execution changed at the same time; read it again and retry")
         return None
-    [moved] = yield from _load_executions([execution.id])
-    return moved
+    return _execution((*rows[0], execution.job_name))
 
 
 def _after_end(execution: Execution, now: int) -> Work[list[int]]:
@@ -716,16 +773,20 @@ def _after_end(execution: Execution, now: int) -> Work[list[int]]:
     if job is None or job.status is not JobStatus.IN_PROGRESS:
         return []
     woken = []
-    rows = yield Fetch(
-        "SELECT status FROM job_executions WHERE job_id = ? AND device_id = ? ORDER BY attempt",
-        (job.id, execution.device_id),
-    )
+    rows = []
+    if job.retries:
+        rows = yield Fetch(
+            "SELECT status FROM job_executions WHERE job_id = ? AND device_id = ? ORDER BY attempt",
+            (job.id, execution.device_id),
+        )
     if should_retry(job.retries, [ExecutionStatus(row[0]) for row in rows]):
         yield Execute("UPDATE job_executions SET latest = 0 WHERE id = ?", (execution.id,))
         yield from _queue(job, [execution.device_id], execution.attempt + 1, now)
         woken.append(execution.device_id)
-    counts = (yield from _counts([job.id]))[job.id]
-    reason = abort_reason(job.abort_criteria, counts)
+    reason = None
+    if job.abort_criteria:  # counting every execution of a large job is not free
+        counts = (yield from _counts([job.id]))[job.id]
+        reason = abort_reason(job.abort_criteria, counts)
     if reason is not None:
         yield from _cancel(job, False, reason, now, None)
         return woken

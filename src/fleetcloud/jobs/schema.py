@@ -113,11 +113,20 @@ _V100 = (
 )
 
 
+_V101 = ("CREATE INDEX job_executions_by_status ON job_executions (status, id)",)
+
+
 MIGRATIONS: tuple[tuple[int, str, tuple[str, ...], tuple[str, ...]], ...] = (
     (
         100,
         "jobs: provisioning keys, device groups, templates, jobs, targets, executions",
         _V100,
         _V100,
+    ),
+    (
+        101,
+        "jobs: executions by status and id (long-polls hear of work queued by another process)",
+        _V101,
+        _V101,
     ),
 )

@@ -2,9 +2,14 @@
 updates, cancel, and the background loop that enforces timeouts and advances rollouts.
 
 One ``JobsService`` per platform (``jobs_service(platform)``), shared by the API and the
-background loop, so that a job queued by a request wakes the device's long-poll in the
-same process at once. Long-polls also re-check the database every few seconds, which is
-how they hear of work queued by another process.
+background loop. A long-poll with nothing to start parks a future keyed by its device and
+costs nothing until it is woken or its deadline passes (one timer, which does not tick):
+
+- work queued **in this process** (execute, a rollout window, a retry) wakes the device's
+  parked polls at once;
+- work queued **by another process** sharing the database is found by the background
+  loop's sweep, one indexed query per second for the whole process (not per poll), which
+  wakes the parked polls of the devices that have new QUEUED executions.
 
 Time comes from ``clock`` (Unix ms), which tests replace to step through rollout
 windows and timeouts without sleeping; ``tick()`` runs one round of the background work
@@ -20,14 +25,14 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 from fleetcloud.core.errors import BadRequest, Conflict, StoreError
-from fleetcloud.core.ids import new_id
+from fleetcloud.core.ids import lowest_id_at, new_id
 from fleetcloud.core.types import Principal
 from fleetcloud.jobs import devices, repo
 from fleetcloud.jobs.documents import validate_document
 from fleetcloud.jobs.model import Execution, Job
+from fleetcloud.jobs.repo import Claimed
 from fleetcloud.jobs.requests import ExecuteRequest, StatusUpdate
 from fleetcloud.jobs.states import ExecutionStatus, JobStatus
 from fleetcloud.jobs.templates import render
@@ -40,43 +45,57 @@ log = logging.getLogger("fleetcloud.jobs")
 Clock = Callable[[], int]
 MAX_WAIT_SECONDS = 60.0
 DEFAULT_TIMEOUT_SECONDS = 3600
-RECHECK_SECONDS = 5.0
 TICK_SECONDS = 1.0
+CLAIM_BATCH = 500  # woken polls claimed in one unit of work at most
+SWEEP_WINDOW_MS = 120_000  # how far back a sweep looks: covers a slow commit, clock skew
 
 
 def wall_clock_ms() -> int:
     return int(time.time() * 1000)
 
 
+def _resolve(future: asyncio.Future[bool], value: bool) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
 class DeviceWaiters:
-    """Long-polling requests, by device, and a way to wake them."""
+    """Parked long-polls, by device: a future each, resolved by ``wake``."""
 
     def __init__(self) -> None:
-        self._events: dict[int, set[asyncio.Event]] = {}
+        self._parked: dict[int, list[asyncio.Future[bool]]] = {}
 
     @contextlib.contextmanager
-    def watch(self, device_id: int) -> Iterator[asyncio.Event]:
-        event = asyncio.Event()
-        self._events.setdefault(device_id, set()).add(event)
+    def watch(self, device_id: int) -> Iterator[asyncio.Future[bool]]:
+        """A future that ``wake`` resolves with True (registered before the caller looks
+        for work, so a wake-up in between is not lost)."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        parked = self._parked.setdefault(device_id, [])
+        parked.append(future)
         try:
-            yield event
+            yield future
         finally:
-            waiting = self._events.get(device_id)
-            if waiting is not None:
-                waiting.discard(event)
-                if not waiting:
-                    del self._events[device_id]
+            parked.remove(future)
+            if not parked:
+                del self._parked[device_id]
 
     def wake(self, device_ids: Iterable[int]) -> None:
         for device_id in device_ids:
-            for event in self._events.get(device_id, ()):
-                event.set()
+            for future in self._parked.get(device_id, ()):
+                if not future.done():
+                    future.set_result(True)
 
     def wake_all(self) -> None:
-        self.wake(list(self._events))
+        self.wake(list(self._parked))
+
+    def devices(self) -> set[int]:
+        return set(self._parked)
 
     def __len__(self) -> int:
-        return sum(len(events) for events in self._events.values())
+        return sum(len(parked) for parked in self._parked.values())
+
+    def __bool__(self) -> bool:
+        return bool(self._parked)
 
 
 @dataclass(slots=True)
@@ -90,18 +109,13 @@ class TickReport:
 
 
 class JobsService:
-    def __init__(
-        self,
-        store: Store,
-        *,
-        clock: Clock = wall_clock_ms,
-        recheck_seconds: float = RECHECK_SECONDS,
-    ) -> None:
+    def __init__(self, store: Store, *, clock: Clock = wall_clock_ms) -> None:
         self.store = store
         self.clock = clock
-        self.recheck_seconds = recheck_seconds
         self.waiters = DeviceWaiters()
         self.closing = False
+        self._swept: dict[int, int] = {}  # QUEUED executions a sweep saw: id → device
+        self._gathering: list[tuple[int, asyncio.Future[Claimed | None]]] | None = None
 
     # ------------------------------------------------------------ operators
 
@@ -192,36 +206,82 @@ class JobsService:
         device_id: int,
         wait: float = 0.0,
         gone: Callable[[], Awaitable[bool]] | None = None,
-    ) -> tuple[Execution, dict[str, Any]] | None:
+    ) -> Claimed | None:
         """Start the device's next execution, waiting up to ``wait`` seconds (at most
         ``MAX_WAIT_SECONDS``) for one to be queued. ``gone`` tells whether the client
         has hung up, so nothing is started for a caller no longer listening."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + min(max(wait, 0.0), MAX_WAIT_SECONDS)
+        woken = False
         while True:
-            with self.waiters.watch(device_id) as woken:
-                found = await self._claim(device_id)
-                remaining = deadline - loop.time()
-                if found is not None or remaining <= 0 or self.closing:
+            with self.waiters.watch(device_id) as parked:
+                found = await (self._claim_woken(device_id) if woken else self._look(device_id))
+                if found is not None or self.closing or loop.time() >= deadline:
                     return found
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(woken.wait(), min(remaining, self.recheck_seconds))
-            if gone is not None and await gone():
+                timer = loop.call_at(deadline, _resolve, parked, False)
+                try:
+                    woken = await parked
+                finally:
+                    timer.cancel()
+            if not woken or self.closing or (gone is not None and await gone()):
                 return None
 
-    async def _claim(self, device_id: int) -> tuple[Execution, dict[str, Any]] | None:
+    async def _look(self, device_id: int) -> Claimed | None:
+        """A poll's first look: most find nothing, which a read connection tells without
+        queueing for the writer."""
         if not await self.store.read(repo.has_pending(device_id)):
             return None
+        return await self._claim(device_id)
+
+    async def _claim(self, device_id: int) -> Claimed | None:
         try:
             return await self.store.write(repo.claim_next(device_id, self.clock()))
-        except Conflict:
-            return None  # another poll started it first
         except StoreError:
             # Another process started one for this device at the same moment: the
             # database's one-running-execution index refused ours.
             if await self.store.read(repo.running(device_id)) is not None:
                 return None
             raise
+
+    async def _claim_woken(self, device_id: int) -> Claimed | None:
+        """Claim for a woken poll. Polls woken together (a job for many devices) claim
+        together: the first to arrive lets the others join for one turn of the event
+        loop, then claims for all of them in one unit of work."""
+        future: asyncio.Future[Claimed | None] = asyncio.get_running_loop().create_future()
+        batch = self._gathering
+        leader = batch is None or len(batch) >= CLAIM_BATCH
+        if leader:
+            batch = self._gathering = []
+        assert batch is not None
+        batch.append((device_id, future))
+        if leader:
+            await self._claim_batch(batch)
+        return await future
+
+    async def _claim_batch(self, batch: list[tuple[int, asyncio.Future[Claimed | None]]]) -> None:
+        """Gather ``batch`` for one turn of the loop, claim, and settle every future in
+        it whatever happens (a follower must not wait for a leader that was cancelled)."""
+        try:
+            try:
+                await asyncio.sleep(0)
+            finally:
+                if self._gathering is batch:
+                    self._gathering = None
+            try:
+                devices = [device_id for device_id, _ in batch]
+                found = await self.store.write(repo.claim_many(devices, self.clock()))
+            except StoreError:
+                # Another process raced one of these devices; claim them one at a time.
+                found = [await self._claim(device_id) for device_id, _ in batch]
+        except BaseException as exc:
+            failure = StoreError(f"could not start the execution: {exc!r}")
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(failure)
+            raise
+        for (_, future), claimed in zip(batch, found, strict=True):
+            if not future.done():
+                future.set_result(claimed)
 
     async def update_status(
         self, principal: Principal, device_id: int, job_id: int, update: StatusUpdate
@@ -267,10 +327,28 @@ class JobsService:
             total.timed_out += report.timed_out
             total.released += report.released
 
+    async def sweep(self) -> int:
+        """Wake the parked polls of devices with QUEUED executions made in the last
+        ``SWEEP_WINDOW_MS`` (by any process) that this sweep has not seen before; how
+        many devices it woke. One query, whatever the number of parked polls."""
+        floor = lowest_id_at(wall_clock_ms() - SWEEP_WINDOW_MS)
+        self._swept = {e: d for e, d in self._swept.items() if e > floor}
+        if not self.waiters:
+            return 0
+        found = await self.store.read(repo.queued_since(floor))
+        fresh = {device for execution, device in found if execution not in self._swept}
+        self._swept.update(found)
+        if not fresh:
+            return 0
+        parked = fresh & self.waiters.devices()
+        self.waiters.wake(parked)
+        return len(parked)
+
     async def run(self, interval: float = TICK_SECONDS) -> None:
         while True:
             try:
                 await self.run_until_idle()
+                await self.sweep()
             except Exception:
                 log.exception("jobs background round failed; trying again")
             await asyncio.sleep(interval)
