@@ -254,6 +254,7 @@ def test_a_zip_made_by_the_seeds_build_script_is_accepted(world: World) -> None:
         ("exit", "ERROR", "SystemExit: 3"),
         ("crash", "FAILED", "the worker exited with code 7"),
         ("segfault", "FAILED", "the worker was killed by SIGSEGV"),
+        ("sigsegv", "FAILED", "the worker was killed by SIGSEGV"),
         ("hang", "TIMED_OUT", "timed out after 2 s: the worker was stopped"),
         ("hog", "FAILED", "ran out of memory (MemorySize 128 MB): MemoryError"),
         ("garbage", "OK", None),
@@ -263,6 +264,7 @@ def test_a_misbehaving_app_costs_one_invocation(
     world: World, behaviour: str, status: str, error: str | None
 ) -> None:
     installation = probe_installation(world)
+    before = worker_pid(world, installation)
     payload = json.dumps({"do": behaviour})
     done = world.app("invoke", installation, "--payload", payload, "--json", check=False)
     invocation = json.loads(done.stdout)["invocation"]
@@ -273,12 +275,57 @@ def test_a_misbehaving_app_costs_one_invocation(
         assert "not a frame" in invocation["logs"]
     else:
         assert invocation["error"].startswith(error)
-    if behaviour == "segfault":
+    if behaviour in ("segfault", "sigsegv"):
         assert "Fatal Python error: Segmentation fault" in invocation["logs"]
     with world.http() as http:
         assert http.get("/healthz").status_code == 200
-    after = world.app("invoke", installation, "--payload", '{"do": "nothing"}')
-    assert " OK on_manual_invoke " in after.stdout
+        channel = f"dv-proc-inv-{invocation['app_id']}"
+        summary = http.get(
+            f"/api/agents/{world.device_id}/channels/{channel}/messages", params={"limit": 1}
+        )
+    assert summary.status_code == 200
+    recorded = summary.json()[0]["data"]  # the newest summary
+    assert (recorded["event_id"], recorded["status"]) == (invocation["event_id"], status)
+    assert recorded["error"] == invocation["error"]
+    after = worker_pid(world, installation)  # the next invocation succeeds …
+    if status in ("FAILED", "TIMED_OUT"):  # … in a new worker if that one died or was killed
+        assert after != before
+    else:  # a raise or sys.exit is reported by a worker that stays warm
+        assert after == before
+
+
+def test_an_event_that_failed_every_attempt_is_a_dead_letter(world: World) -> None:
+    """Retries are off for this server (``FLEETCLOUD_APPS_RETRIES=0``): one failed attempt
+    and the event is kept, listed by ``app dead-letters`` and queued again on request."""
+    installation = probe_installation(world)
+    done = world.app("invoke", installation, "--payload", '{"do": "raise"}', "--json", check=False)
+    event_id = json.loads(done.stdout)["invocation"]["event_id"]
+    letters = json.loads(world.app("dead-letters", installation, "--json").stdout)
+    [letter] = [d for d in letters if d["event_id"] == event_id]
+    assert (letter["handler"], letter["attempts"]) == ("on_manual_invoke", 1)
+    assert letter["error"] == "RuntimeError: asked to fail"
+    assert letter["event"]["payload"] == {"do": "raise"}
+    text = world.app("dead-letters", installation).stdout
+    assert f"on_manual_invoke event {event_id} after 1 attempts: RuntimeError" in text
+    with world.http() as http:
+        base = f"/api/apps/installations/{installation}/dead-letters"
+        assert http.post(f"{base}/{letter['id']}/retry").status_code == 202
+
+        def attempts() -> list[dict[str, Any]]:
+            found = http.get(
+                f"/api/apps/installations/{installation}/invocations", params={"event_id": event_id}
+            ).json()
+            return found if len(found) == 2 else []
+
+        assert [i["status"] for i in eventually(attempts)] == ["ERROR", "ERROR"]
+
+
+def worker_pid(world: World, installation: str) -> int:
+    """Invoke the probe, which behaves, and say which worker process ran it."""
+    done = world.app("invoke", installation, "--payload", '{"do": "nothing"}', "--json")
+    invocation = json.loads(done.stdout)["invocation"]
+    assert invocation["status"] == "OK"
+    return int(invocation["logs"].split("worker ", 1)[1].split()[0])
 
 
 _probe: dict[str, str] = {}

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from fleetcloud.apps.dispatcher import GROUP, Dispatcher
+from fleetcloud.bus import memory as memory_bus
 from fleetcloud.store import outbox
 from tests.test_apps_kit import (
     PROBE_SCHEMA,
@@ -308,20 +309,48 @@ async def test_the_server_refuses_writes_to_the_invoking_channel_and_other_devic
     assert (await live.aggregate(device, "commands")) == {"other": str(other)}
 
 
+SLOW = """
+import time
+
+from fleetcloud.sdk.processor import Application, run_app
+
+
+class Slow(Application):
+    async def on_message_create(self, event):
+        time.sleep(0.005)  # slower than the events come
+        n = event.message.data["n"]
+        if n != await self.get_tag("last", -1) + 1:
+            await self.set_tag("out_of_order", await self.get_tag("out_of_order", 0) + 1)
+        await self.set_tag("last", n)
+        await self.set_tag("count", await self.get_tag("count", 0) + 1)
+
+
+def handler(event, context):
+    run_app(Slow(), event, context)
+"""
+
+
 async def test_backpressure_stops_reading_and_loses_nothing(live: Live, tmp_path: Any) -> None:
-    installation = await install_probe(live)
+    """A burst far larger than the app can take: reading stops with ``max_pending`` in
+    hand (plus the one batch being read: at most ``READ_CHUNK`` outbox rows when catching
+    up), and every event runs once, in order."""
+    device, events, max_pending = live.tenant.device_id, 400, 20
+    app_id = await live.deploy("slow", {"src/slow/__init__.py": SLOW})
+    installation = await live.install(app_id, device, {"dv_proc_subscriptions": ["burst"]})
     await live.run()
-    settings = make_settings(tmp_path, max_pending=2, spare_workers=1)
+    for n in range(events):  # one transaction each: the bus hands them over in chunks
+        await live.publish(device, "burst", {"n": n})
+    settings = make_settings(tmp_path, max_pending=max_pending)
     busy = Dispatcher(live.platform, api_url=live.url, settings=settings)
-    ids = [await live.publish(live.tenant.device_id, "sensor_data", {"n": n}) for n in range(30)]
-    async with busy.running():  # it finds 30 events waiting, and takes them in one batch
-        for _ in range(900):
-            tags = await live.tags(live.tenant.device_id, "probe")
-            if len(handled(tags, "on_message_create")) == 30:
+    async with busy.running():  # it finds the burst waiting in the bus
+        for _ in range(1800):
+            if (await live.tags(device, "slow")).get("count") == events:
                 break
             await asyncio.sleep(0.1)
-    seen = handled(await live.tags(live.tenant.device_id, "probe"), "on_message_create")
-    assert [entry["event_id"] for entry in seen] == ids  # all of them, in order
-    assert busy.counters.waits > 0  # it stopped reading with two or more in hand
+    tags = await live.tags(device, "slow")
+    assert (tags["count"], tags["last"], tags.get("out_of_order")) == (events, events - 1, None)
+    assert busy.counters.waits > 0  # it stopped reading, with max_pending in hand
+    assert busy.counters.peak <= max_pending + memory_bus.READ_CHUNK < events  # bounded
     log = await live.invocations(installation["id"])
-    assert sum(1 for i in log if i["handler"] == "on_message_create") == 30
+    runs = [i["event_id"] for i in log if i["handler"] == "on_message_create"]
+    assert len(runs) == len(set(runs)) == events  # each event once: none dropped, none twice

@@ -28,6 +28,7 @@ from tests.servers.postgres import free_port
 PROBE = '''
 import ctypes
 import os
+import signal
 import sys
 import time
 
@@ -51,6 +52,8 @@ def misbehave(what):
         os._exit(7)
     if what == "segfault":
         ctypes.string_at(0)
+    if what == "sigsegv":
+        os.kill(os.getpid(), signal.SIGSEGV)
     if what == "hang":
         time.sleep(3600)
     if what == "hog":
@@ -95,6 +98,7 @@ class Probe(Application):
 
     async def on_manual_invoke(self, event):
         payload = event.payload or {}
+        print("worker", os.getpid())
         misbehave(payload.get("do"))
         await self.remember("on_manual_invoke", event, payload)
 

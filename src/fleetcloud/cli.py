@@ -2,58 +2,31 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import functools
+import gc
 import os
 import sys
-from collections.abc import Awaitable, Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
 from fleetcloud import __version__
 from fleetcloud.agent.cli import agent as agent_command
 from fleetcloud.apps.cli import app_group
+from fleetcloud.clitools import (
+    clean_errors,
+    client_options,
+    connect,
+    database_option,
+    emit,
+    json_option,
+    json_value,
+    print_json,
+    run,
+)
 from fleetcloud.commands import cli as commands_cli
 from fleetcloud.core import jsonish
-from fleetcloud.core.errors import FleetError
-from fleetcloud.settings import DEFAULT_DATABASE, Settings
-
-T = TypeVar("T")
-
-DATABASE_HELP = "sqlite:///FILE or postgresql://USER@HOST:PORT/DB [env FLEETCLOUD_DATABASE_URL]"
-
-
-def run(coroutine: Awaitable[T]) -> T:
-    async def wrapped() -> T:
-        return await coroutine
-
-    with clean_errors():
-        return asyncio.run(wrapped())
-
-
-@contextlib.contextmanager
-def clean_errors() -> Iterator[None]:
-    """A fleetcloud error ends the command with its message, not a traceback."""
-    try:
-        yield
-    except FleetError as exc:
-        raise click.ClickException(exc.message) from exc
-
-
-def database_option(function: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option(
-        "--database",
-        envvar="FLEETCLOUD_DATABASE_URL",
-        default=DEFAULT_DATABASE,
-        show_default=True,
-        help=DATABASE_HELP,
-    )(function)
-
-
-def emit(value: Any, as_json: bool, text: str) -> None:
-    click.echo(jsonish.dumps_str(value) if as_json else text)
+from fleetcloud.settings import Settings
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -116,9 +89,28 @@ def main() -> None:
     help="Run the MQTT connector: mqtt://USER:PASSWORD@HOST:PORT [env FLEETCLOUD_MQTT_URL]",
 )
 @click.option(
+    "--coap-bind",
+    envvar="FLEETCLOUD_COAP_BIND",
+    help="Run the CoAP connector on this UDP address, e.g. 0.0.0.0:5683 [env FLEETCLOUD_COAP_BIND]",
+)
+@click.option(
     "--parsers-dir",
     envvar="FLEETCLOUD_PARSERS_DIR",
     help="A directory of parser scripts [env FLEETCLOUD_PARSERS_DIR]",
+)
+@click.option(
+    "--role",
+    "role_values",
+    multiple=True,
+    metavar="ROLE[,ROLE…]",
+    envvar="FLEETCLOUD_ROLES",
+    help=(
+        "Run only these roles (repeatable, or comma-separated): api (HTTP API, gateway, "
+        "console), dispatcher (cloud apps and their workers), scheduler (app schedules, "
+        "job timeouts and rollouts), mqtt (with --mqtt-url), coap (with --coap-bind). "
+        "Default: all. Without api, --port serves only /healthz and /metrics. Run roles "
+        "in separate processes on PostgreSQL with --bus kafka://… [env FLEETCLOUD_ROLES]"
+    ),
 )
 def serve(
     host: str,
@@ -129,32 +121,53 @@ def serve(
     log_format: str,
     log_level: str,
     mqtt_url: str | None,
+    coap_bind: str | None,
     parsers_dir: str | None,
+    role_values: tuple[str, ...],
 ) -> None:
-    """Run the platform: HTTP API, websocket gateway and event bus, in one process."""
+    """Run the platform: HTTP API, websocket gateway, event bus, cloud apps, schedulers
+    and connectors — in one process, or the roles chosen with --role."""
     import uvicorn
 
     from fleetcloud import logs
     from fleetcloud.api.app import Service, create_app
     from fleetcloud.apps.service import services as apps_services
+    from fleetcloud.connectors.coap import coap_service_from_options
     from fleetcloud.demo import running
     from fleetcloud.jobs import service as jobs
     from fleetcloud.platform import Platform
+    from fleetcloud.roles import check_bus, health_app, job_polls, parse_roles
 
+    with clean_errors():
+        roles = parse_roles(role_values)
     settings = Settings(database_url=database, bus_url=bus_url, host=host, port=port)
     logs.configure(log_level, log_format)
+    check_bus(roles, bus_url)
     platform = Platform.from_settings(settings)
     if demo is None:
         demo = is_new_database(database)
     url = f"http://{host}:{port}"
-    services: list[Service] = [jobs.running]  # job timeouts and rollouts
-    services.extend(apps_services(url))  # cloud apps: dispatcher (workers) and scheduler
-    if demo:
+    api_url = url if "api" in roles else None
+    services: list[Service] = []
+    if "scheduler" in roles:
+        services.append(jobs.running)  # job timeouts and rollouts
+    elif "api" in roles:
+        services.append(job_polls)  # long-polls woken by other processes' work
+    with clean_errors():  # cloud apps: dispatcher (workers) and scheduler
+        services.extend(apps_services(api_url, roles=roles))
+    if demo and "api" in roles:
         services.append(functools.partial(running, url=url))
     mqtt = commands_cli.mqtt_service_from_options(mqtt_url, parsers_dir)
-    if mqtt is not None:
+    if mqtt is not None and "mqtt" in roles:
         services.append(mqtt)  # the MQTT connector: commands out, uplinks in
-    app = create_app(platform, services=services)
+    with clean_errors():
+        coap = coap_service_from_options(coap_bind, parsers_dir)
+    if coap is not None and "coap" in roles:
+        services.append(coap)  # the CoAP connector: uplinks and acks in, commands out
+    if "api" in roles:
+        app = create_app(platform, services=services)
+    else:
+        app = health_app(platform, roles, services)
     config = uvicorn.Config(
         app,
         host=host,
@@ -164,7 +177,19 @@ def serve(
         log_config=None,
         timeout_graceful_shutdown=5,  # long-polls would otherwise hold a stop for a minute
     )
+    tune_for_many_connections()
     uvicorn.Server(config).run()
+
+
+def tune_for_many_connections() -> None:
+    """A server holding thousands of parked requests (long-polls, websockets) keeps a
+    million objects alive: move what start-up made out of the collector's sight, collect
+    the young generation far less often, and hand the GIL between the event loop and the
+    store's writer thread more often, so neither waits on the other's time slice."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+    sys.setswitchinterval(0.0005)
 
 
 def is_new_database(url: str) -> bool:
@@ -185,7 +210,7 @@ def org() -> None:
 @org.command("create")
 @click.argument("name")
 @database_option
-@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts")
+@json_option
 def org_create(name: str, database: str, as_json: bool) -> None:
     """Create an organisation and print an admin token for it."""
     from fleetcloud.core.types import Principal, Role
@@ -219,7 +244,7 @@ def device() -> None:
 @click.argument("name")
 @click.option("--org", "organisation_id", required=True, type=int, help="Organisation id")
 @database_option
-@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts")
+@json_option
 def device_create(name: str, organisation_id: int, database: str, as_json: bool) -> None:
     """Create a device agent and print its token."""
     from fleetcloud.core.types import AgentKind, Principal, Role
@@ -251,7 +276,7 @@ def provisioning_key() -> None:
 @click.option("--expires-in", "ttl", type=click.IntRange(min=1), help="Seconds until it expires")
 @click.option("--max-uses", type=click.IntRange(min=1), help="How many devices it may register")
 @database_option
-@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts")
+@json_option
 def provisioning_key_create(
     organisation_id: int,
     label: str,
@@ -280,22 +305,6 @@ def provisioning_key_create(
 # ---------------------------------------------------------------- client commands
 
 
-def client_options(function: Callable[..., Any]) -> Callable[..., Any]:
-    function = click.option(
-        "--url",
-        envvar="FLEETCLOUD_URL",
-        default="http://127.0.0.1:8000",
-        show_default=True,
-        help="The server [env FLEETCLOUD_URL]",
-    )(function)
-    return click.option(
-        "--token",
-        envvar="FLEETCLOUD_TOKEN",
-        required=True,
-        help="Bearer token [env FLEETCLOUD_TOKEN]",
-    )(function)
-
-
 @main.command()
 @click.argument("agent_id")
 @click.argument("channel")
@@ -303,15 +312,10 @@ def client_options(function: Callable[..., Any]) -> Callable[..., Any]:
 @client_options
 def publish(agent_id: str, channel: str, data: str, url: str, token: str) -> None:
     """Publish DATA (a JSON document) to CHANNEL of agent AGENT_ID on a running server."""
-    from fleetcloud.client import Client
-
-    try:
-        payload = jsonish.loads(data)
-    except ValueError as exc:
-        raise click.BadParameter(f"not valid JSON: {exc}", param_hint="DATA") from exc
-    with clean_errors(), Client(url, token) as client:
+    payload = json_value(data, "DATA")
+    with clean_errors(), connect(url, token) as client:
         message = client.publish(agent_id, channel, payload)
-    click.echo(jsonish.dumps_str(message))
+    print_json(message)
 
 
 @main.command()
@@ -321,9 +325,9 @@ def publish(agent_id: str, channel: str, data: str, url: str, token: str) -> Non
 @click.option("--channel", "only", multiple=True, help="Only these channels (repeatable)")
 def channels(agent_id: str, url: str, token: str, tail: bool, only: tuple[str, ...]) -> None:
     """Show AGENT_ID's channels and their current aggregates (a channel viewer)."""
-    from fleetcloud.client import Client, tail_channels
+    from fleetcloud.client import tail_channels
 
-    with clean_errors(), Client(url, token) as client:
+    with clean_errors(), connect(url, token) as client:
         found = [c for c in client.channels(agent_id) if not only or c["name"] in only]
     for channel in found:
         aggregate = channel.get("aggregate") or {}

@@ -128,7 +128,8 @@ async def patch_aggregates(request: Request) -> Response:
                 raise BadRequest("replace must be a dotted path string")
             if replace is not None:
                 split_path(replace)  # a bad path fails this item, not the whole batch
-            valid.append((index, AggregateItem(agent_id, name, raw["data"], "merge", replace)))
+            item = AggregateItem(agent_id, name, raw["data"], "merge", replace, principal.agent_id)
+            valid.append((index, item))
         except ApiError as exc:
             results[index] = failure(raw, exc)
     if valid:

@@ -299,7 +299,12 @@ async def update_aggregate(
     data = await read_json(request)
     replace = request.query_params.get("replace") or None
     item = AggregateItem(
-        agent.id, target.name, data, "replace" if request.method == "PUT" else "merge", replace
+        agent.id,
+        target.name,
+        data,
+        "replace" if request.method == "PUT" else "merge",
+        replace,
+        author_id=principal.agent_id,
     )
     [result] = await platform.store.write(repo.update_aggregates([item]))
     if not result.success:

@@ -7,9 +7,14 @@ concerns:
 - ``MessageCreate`` on a channel in an installation's ``dv_proc_subscriptions`` (on the
   agent the app is installed on) → ``on_message_create``;
 - ``AggregateUpdate`` of such a channel → ``on_aggregate_update`` — when it was a PATCH
-  or PUT of the aggregate: a publish changes the aggregate too, and that change is the
-  message's, not a separate event (see ``Publishes``);
-- events the installation's own app agent caused are skipped (its own echo).
+  or PUT of the aggregate (the event's ``source`` is ``update``): a publish changes the
+  aggregate too, and that change is the message's, not a separate event;
+- events the installation's own app agent caused are skipped (its own echo): a message
+  or an aggregate change whose ``author_id`` is the app agent.
+
+Both come from the event itself, so they hold on any bus and with any number of
+dispatchers. Events written before aggregate changes named their source and author are
+told apart by their order instead (``Publishes``).
 
 Deliveries are written to ``app_deliveries`` (the bus offset is committed only after
 that), each with the event's stable id: the bus event id, which is the message id for a
@@ -24,9 +29,13 @@ ingestion endpoint add deliveries to the same table. The dispatcher runs them:
   ``retries`` times, then kept as a dead letter; every attempt is in the invocation log
   and its summary on ``dv-proc-inv-<app_id>``.
 
-Claims (``owner``, ``lease_ms``) let several dispatchers share the table: a delivery whose
-dispatcher died is taken over once its lease lapses. ``run_until_idle`` does all there is
-to do and returns, for deterministic tests.
+Several dispatchers (``fleetcloud serve --role dispatcher`` on Kafka) form one consumer
+group: each event is routed by the one holding its partition. Before routing a batch a
+dispatcher checks that its routes are current (``repo.routing_version``), since news of
+an installation reaches only one of them. Claims (``owner``, ``lease_ms``) let them share
+the table: a delivery whose dispatcher died is taken over once its lease lapses.
+
+``run_until_idle`` does all there is to do and returns, for deterministic tests.
 """
 
 from __future__ import annotations
@@ -103,7 +112,7 @@ class Routing:
             if kind == "MessageCreate":
                 publishes.saw_message(event.value["d"])
                 found.extend(self._messages(event.value))
-            elif kind == "AggregateUpdate" and not publishes.explains(event.value["d"]):
+            elif kind == "AggregateUpdate" and _by_update(event.value["d"], publishes):
                 found.extend(self._aggregates(event.value))
         return found
 
@@ -130,15 +139,28 @@ class Routing:
     def _aggregates(self, value: dict[str, Any]) -> Iterable[Delivery]:
         update = value["d"]
         agent_id, channel = _channel_key(update)
+        author = update.get("author_id")
         for route in self._subscribed(agent_id, channel):
+            if author is not None and str(author) == str(route.installation.app_agent_id):
+                continue  # the app's own write
             if _own_echo(route, channel, update.get("diff")):
                 continue
             data = {**update, "organisation_id": str(route.installation.organisation_id)}
             yield new_delivery("on_aggregate_update", str(value["id"]), data, route.installation.id)
 
 
+def _by_update(update: dict[str, Any], publishes: Publishes) -> bool:
+    """Whether an aggregate change was a PATCH or PUT (not a publish's)."""
+    source = update.get("source")
+    if source is None:  # an event from before ``source`` existed: go by the order
+        return not publishes.explains(update)
+    publishes.settle(update)
+    return bool(source == "update")
+
+
 class Publishes:
-    """Tells an aggregate change a publish made from one made by PATCH or PUT.
+    """Tells an aggregate change a publish made from one made by PATCH or PUT, for
+    events that do not say (written before ``source`` was added to them).
 
     A publish's transaction emits its messages, then one ``AggregateUpdate`` per channel
     it touched; events of one agent keep their order on the bus. So an aggregate change
@@ -157,6 +179,10 @@ class Publishes:
             self._waiting.discard(key)
             return True
         return False
+
+    def settle(self, update: dict[str, Any]) -> None:
+        """An aggregate change that says its source: nothing is left to explain."""
+        self._waiting.discard(_channel_key(update))
 
 
 def _channel_key(data: dict[str, Any]) -> tuple[int, str]:
@@ -196,6 +222,7 @@ class Counters:
     retried: int = 0
     dead: int = 0
     waits: int = 0  # times reading stopped because max_pending deliveries were in hand
+    peak: int = 0  # the most deliveries in hand at once (max_pending + one bus batch at most)
 
 
 class Dispatcher:
@@ -224,6 +251,7 @@ class Dispatcher:
         self._running: set[asyncio.Task[None]] = set()
         self._committed = 0.0
         self._unstored: tuple[list[Event], list[Delivery]] | None = None
+        self._version: tuple[int, ...] = ()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -272,8 +300,15 @@ class Dispatcher:
             await self.store.write(repo.release(self.owner))
 
     async def reload(self) -> None:
+        self._version = await self.store.read(repo.routing_version())
         self.routing = Routing(await self.store.read(repo.load_routes()))
         self.runtime.clear_scopes()
+
+    async def _refresh(self) -> None:
+        """Reload the routes if installations changed since they were read (an
+        ``app_installations`` event says so too, but the version is what counts)."""
+        if await self.store.read(repo.routing_version()) != self._version:
+            await self.reload()
 
     @property
     def pending(self) -> int:
@@ -325,8 +360,7 @@ class Dispatcher:
             batch = await self._opened().subscription.next_batch(timeout)
             if not batch:
                 return 0
-            if any(event.topic == INSTALLATION_EVENTS for event in batch):
-                await self.reload()
+            await self._refresh()
             self._unstored = (batch, self.routing.deliveries(batch, self.publishes))
         batch, deliveries = self._unstored
         if deliveries:
@@ -354,6 +388,7 @@ class Dispatcher:
         room = self.settings.max_pending - self.pending
         if room <= 0:
             return 0
+        await self._refresh()  # a config changed since: run with the new one
         claimed = await self.store.write(repo.claim_due(self.owner, now_ms(), self._lease(), room))
         for delivery in claimed:
             self.submit(delivery)
@@ -363,6 +398,7 @@ class Dispatcher:
         if delivery.id in self._held:
             return
         self._held.add(delivery.id)
+        self.counters.peak = max(self.counters.peak, len(self._held))
         queue = self._queues.get(delivery.installation_id)
         if queue is not None:
             queue.append(delivery)

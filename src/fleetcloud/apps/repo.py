@@ -478,6 +478,19 @@ def load_routes(installation_ids: Sequence[int] | None = None) -> Work[list[Rout
     return [Route(_installation(row[:11]), _app(row[11:19]), _version(row[19:])) for row in rows]
 
 
+def routing_version() -> Work[tuple[int, ...]]:
+    """Changes whenever an installation is added, changed or removed, or an app gets a
+    new version: a dispatcher compares it before routing a batch of events, so that its
+    routes are never older than the events (the ``app_installations`` bus events that
+    also say so reach one dispatcher of a group, and not in order with channel events)."""
+    rows = yield Fetch(
+        "SELECT (SELECT count(*) FROM app_installations), "
+        "(SELECT coalesce(sum(updated_ms), 0) FROM app_installations), "
+        "(SELECT coalesce(sum(latest_version), 0) FROM apps)"
+    )
+    return tuple(int(value) for value in rows[0])
+
+
 # ---------------------------------------------------------------- deliveries
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Collection
 from urllib.parse import urlsplit, urlunsplit
 
 from fleetcloud.api.app import Service
 from fleetcloud.apps import dispatcher, scheduler
 from fleetcloud.apps.settings import AppsSettings
+from fleetcloud.core.errors import ConfigError
 
 WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "[::1]", "[::]": "[::1]"}  # noqa: S104 - mapped away
 
@@ -23,11 +25,26 @@ def local_url(server_url: str) -> str:
     return urlunsplit((parts.scheme or "http", netloc, parts.path, "", ""))
 
 
-def services(server_url: str, settings: AppsSettings | None = None) -> list[Service]:
-    """The dispatcher (bus → deliveries → workers) and the scheduler."""
+def services(
+    server_url: str | None,
+    settings: AppsSettings | None = None,
+    *,
+    roles: Collection[str] = ("dispatcher", "scheduler"),
+) -> list[Service]:
+    """The dispatcher (bus → deliveries → workers) and the scheduler, as far as ``roles``
+    ask for them. ``server_url`` is this process's API, if it serves one: apps are given
+    it unless ``FLEETCLOUD_APPS_API_URL`` says otherwise, which a dispatcher without the
+    API needs."""
     settings = settings or AppsSettings()
-    api_url = settings.api_url or local_url(server_url)
-    return [
-        functools.partial(dispatcher.running, api_url=api_url, settings=settings),
-        functools.partial(scheduler.running, settings=settings),
-    ]
+    found: list[Service] = []
+    if "dispatcher" in roles:
+        api_url = settings.api_url or (local_url(server_url) if server_url else None)
+        if api_url is None:
+            raise ConfigError(
+                "a dispatcher without the api role needs FLEETCLOUD_APPS_API_URL: the data "
+                "API URL its apps talk to"
+            )
+        found.append(functools.partial(dispatcher.running, api_url=api_url, settings=settings))
+    if "scheduler" in roles:
+        found.append(functools.partial(scheduler.running, settings=settings))
+    return found

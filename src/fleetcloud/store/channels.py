@@ -59,6 +59,7 @@ class AggregateItem:
     data: Any
     mode: Literal["merge", "replace"] = "merge"
     replace_path: str | None = None
+    author_id: int | None = None  # who asked for the change (None: the platform itself)
 
 
 def channel_from_row(row: Sequence[Any]) -> Channel:
@@ -144,12 +145,23 @@ def message_event(kind: str, message: Message) -> Event:
     return _event(kind, message.agent_id, message.id, message_json(message))
 
 
-def aggregate_event(channel: Channel, old: Any) -> Event:
+AggregateSource = Literal["publish", "update"]
+"""What changed an aggregate: published messages, or a PATCH / PUT of the aggregate."""
+
+
+def aggregate_event(
+    channel: Channel, old: Any, source: AggregateSource = "update", author_id: int | None = None
+) -> Event:
+    """``AggregateUpdate``. ``source`` and ``author_id`` say what made the change and who
+    (the last author, for a publish of several messages), so that a consumer on any bus
+    can tell a publish's change from a PATCH and an app's own writes from others'."""
     data = {
         "agent_id": str(channel.agent_id),
         "channel": {"agent_id": str(channel.agent_id), "name": channel.name},
         "aggregate": aggregate_json(channel),
         "diff": diff(old, channel.aggregate),
+        "source": source,
+        "author_id": None if author_id is None else str(author_id),
     }
     return _event("AggregateUpdate", channel.agent_id, new_id(), data)
 
@@ -296,6 +308,7 @@ class _Batch:
         self.owned: set[ChannelKey] = set()  # channels whose aggregate is a private copy
         self.rows: list[tuple[int, int, int, str, None]] = []
         self.events: list[Event] = []
+        self.authors: dict[ChannelKey, int | None] = {}  # the last author per channel
 
     def add(self, item: PublishItem) -> PublishResult:
         key = (item.agent_id, item.channel_name)
@@ -316,6 +329,7 @@ class _Batch:
             )
         self.existing.add((channel.id, message_id))
         self.touched[key] = channel
+        self.authors[key] = item.author_id
         self.rows.append((channel.id, message_id, item.author_id, jsonish.dumps_str(data), None))
         text_id, agent = str(message_id), str(item.agent_id)
         body = {
@@ -365,19 +379,26 @@ def publish(items: Sequence[PublishItem]) -> Work[list[PublishResult]]:
         yield ExecuteMany(
             f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?)", batch.rows
         )
-    yield from _save_aggregates(batch.touched.values(), batch.before, batch.events)
+    yield from _save_aggregates(
+        batch.touched.values(), batch.before, batch.events, "publish", batch.authors
+    )
     return results
 
 
 def _save_aggregates(
-    channels: Iterable[Channel], before: dict[ChannelKey, Any], events: list[Event]
+    channels: Iterable[Channel],
+    before: dict[ChannelKey, Any],
+    events: list[Event],
+    source: AggregateSource,
+    authors: dict[ChannelKey, int | None],
 ) -> Work[None]:
     stamp = now_ms()
     rows = []
     for channel in channels:
         channel.last_updated = stamp
         rows.append((jsonish.dumps_str(channel.aggregate), stamp, channel.id))
-        events.append(aggregate_event(channel, before.get((channel.agent_id, channel.name))))
+        key = (channel.agent_id, channel.name)
+        events.append(aggregate_event(channel, before.get(key), source, authors.get(key)))
     if rows:
         yield ExecuteMany("UPDATE channels SET aggregate = ?, last_updated = ? WHERE id = ?", rows)
     if events:
@@ -389,6 +410,7 @@ def update_aggregates(items: Sequence[AggregateItem]) -> Work[list[PublishResult
     channels = yield from ensure_channels({(i.agent_id, i.channel_name) for i in items})
     before = {key: channel.aggregate for key, channel in channels.items()}
     touched: dict[ChannelKey, Channel] = {}
+    authors: dict[ChannelKey, int | None] = {}
     results = []
     for item in items:
         key = (item.agent_id, item.channel_name)
@@ -406,9 +428,10 @@ def update_aggregates(items: Sequence[AggregateItem]) -> Work[list[PublishResult
         else:
             channel.aggregate = updated
             touched[key] = channel
+            authors[key] = item.author_id
         results.append(result)
     events: list[Event] = []
-    yield from _save_aggregates(touched.values(), before, events)
+    yield from _save_aggregates(touched.values(), before, events, "update", authors)
     return results
 
 
