@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
 
-def quick_run(name: str) -> tuple[dict[str, Any], str]:
+def quick_run(name: str, timeout: float = 110) -> tuple[dict[str, Any], str]:
     """``python -m benchmarks.NAME --quick --no-write --json``: its JSON summary (the
     last line) and everything it printed."""
     done = subprocess.run(
@@ -24,7 +24,7 @@ def quick_run(name: str) -> tuple[dict[str, Any], str]:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=110,
+        timeout=timeout,
         check=False,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -47,3 +47,30 @@ def test_the_apps_benchmark_runs_and_every_message_is_handled_once() -> None:
     assert figures["throughput"]["complete"]
     assert figures["latency"]["handled"] == figures["latency"]["events"]
     assert "| invocations/s, warm workers (read + set a tag) |" in printed
+
+
+def test_the_commands_benchmark_runs_and_every_command_and_uplink_arrives() -> None:
+    figures, printed = quick_run("commands")
+    assert figures["problems"] == []
+    for phase in figures["steady"]:
+        assert phase["pushed"] > 0
+        assert phase["received"] == phase["pushed"]
+    assert figures["burst"]["received"] == figures["burst"]["pushed"] > 0
+    assert set(figures["statuses"]) == {"DELIVERED"}
+    assert figures["uplink"]["landed"] == figures["uplink"]["count"] > 0
+    assert figures["raw"]["complete"]
+    assert "| MQTT uplink → channel messages" in printed  # the Markdown it would write
+
+
+@pytest.mark.timeout(300)
+def test_the_jobs_benchmark_runs_and_every_agent_runs_the_job_once() -> None:
+    figures, printed = quick_run("jobs", timeout=240)  # 200 simulated agents
+    assert figures["problems"] == []
+    assert figures["all_succeeded"] is True
+    assert figures["agents"] == 200
+    assert figures["reconnects"] == 0
+    for name in ("execute_to_all_in_progress_s", "execute_to_all_succeeded_s"):
+        assert figures[name] > 0, name  # NaN (not every agent got the job) fails too
+    assert figures["wake_p50_ms"] is not None
+    assert figures["plain_poll_p99_ms"] is not None
+    assert "Check after the run: passed" in printed  # the Markdown it would write

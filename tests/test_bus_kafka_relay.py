@@ -9,13 +9,14 @@ import itertools
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import asyncpg
 import pytest
 
 from fleetcloud.bus.base import Subscription
-from fleetcloud.bus.kafka import KafkaBus
+from fleetcloud.bus.kafka import RECORD_BYTES, KafkaBus, decode_record, encode_records
 from fleetcloud.core.errors import BusError
 from fleetcloud.core.types import CHANNEL_EVENTS, AgentKind, Event
 from fleetcloud.store import outbox
@@ -146,14 +147,111 @@ async def test_anonymous_subscriber_sees_only_what_is_published_after_it_subscri
     store: SqliteStore, bus: KafkaBus
 ) -> None:
     agents = await devices(store, 1)
-    # relayed before the subscriber exists, each row as one two-record batch: tansu answers
-    # ListOffsets(latest) inside such a batch, so this also checks the high-watermark fix
     await publish_rounds(store, agents, range(3))
     await eventually_empty(store)
     async with await bus.subscribe([CHANNEL_EVENTS]) as anonymous:
         await publish_rounds(store, agents, range(3, 5))
         events = await collect(anonymous, agents, len(expected(range(3, 5))))
     assert by_agent(events, agents) == {agents[0]: expected(range(3, 5))}
+
+
+async def test_a_late_subscriber_skips_the_rest_of_a_record_batch(
+    store: SqliteStore, bus: KafkaBus
+) -> None:
+    # A topic whose events are one record each: every outbox row below is relayed as one
+    # three-record batch. tansu answers ListOffsets(latest) inside such a batch, so this
+    # checks that a new subscriber starts at the high watermark instead.
+    topic = unique("plain")
+    await bus.publish([Event(topic, "k", {"n": n}) for n in range(3)])
+    await eventually_empty(store)
+    async with await bus.subscribe([topic]) as anonymous:
+        await bus.publish([Event(topic, "k", {"n": n}) for n in range(3, 6)])
+        events: list[Event] = []
+        while len(events) < 3:
+            batch = await anonymous.next_batch(10)
+            assert batch, "the events published after subscribing did not arrive"
+            events += batch
+        events += await anonymous.next_batch(QUIET)
+    assert [event.value["n"] for event in events] == [3, 4, 5]
+
+
+def test_a_keys_channel_events_share_records_and_decode_in_order() -> None:
+    other = Event("device_commands", "7", {"request_id": "r1"})
+    events = [
+        Event(CHANNEL_EVENTS, "1", {"t": "MessageCreate", "n": 0}),
+        other,
+        Event(CHANNEL_EVENTS, "2", {"t": "MessageCreate", "n": 1}),
+        Event(CHANNEL_EVENTS, "1", {"t": "AggregateUpdate", "n": 2}),
+    ]
+    records = encode_records(events)
+    # one record per key on the channel topic, one per event elsewhere
+    assert sorted((topic, key) for topic, key, _ in records) == [
+        (CHANNEL_EVENTS, b"1"),
+        (CHANNEL_EVENTS, b"2"),
+        ("device_commands", b"7"),
+    ]
+    decoded = [
+        event
+        for topic, key, value in records
+        for event in decode_record(SimpleNamespace(topic=topic, key=key, value=value))
+    ]
+    assert [e for e in decoded if e.key == "1"] == [events[0], events[3]]
+    assert [e for e in decoded if e.key == "2"] == [events[2]]
+    assert [e for e in decoded if e.topic == "device_commands"] == [other]
+
+
+def test_grouped_records_stay_below_the_size_limit() -> None:
+    big = "x" * (RECORD_BYTES // 5)
+    events = [Event(CHANNEL_EVENTS, "1", {"n": n, "pad": big}) for n in range(12)]
+    records = encode_records(events)
+    assert len(records) > 1
+    assert all(len(value) <= RECORD_BYTES + 64 for _, _, value in records)
+    decoded = [
+        event.value["n"]
+        for topic, key, value in records
+        for event in decode_record(SimpleNamespace(topic=topic, key=key, value=value))
+    ]
+    assert decoded == list(range(12))
+
+
+def test_records_that_hold_no_events_are_skipped() -> None:
+    for value in (b"not json", b"[1, 2]", b'"text"', b"[]"):
+        record = SimpleNamespace(topic="t", key=b"k", value=value, partition=0, offset=1)
+        assert decode_record(record) == []
+
+
+async def test_many_events_for_one_key_arrive_whole_and_in_order(
+    store: SqliteStore, bus: KafkaBus
+) -> None:
+    agents = await devices(store, 2)
+    items = [
+        PublishItem(agent, "telemetry", {"seq": seq, "pad": "y" * 400}, author_id=agent)
+        for seq in range(1500)  # more JSON per key than one record holds
+        for agent in agents
+    ]
+    async with await bus.subscribe([CHANNEL_EVENTS], unique("group")) as group:
+        assert all(result.success for result in await store.publish(items))
+        events = await collect(group, agents, 2 * 1501)
+    for agent, seen in by_agent(events, agents).items():
+        created = [seq for kind, seq in seen if kind == "MessageCreate"]
+        assert created == list(range(1500)), agent
+        assert seen[-1] == ("AggregateUpdate", 1499)
+    await eventually_empty(store)
+
+
+async def test_rows_another_process_wrote_are_relayed_alongside_this_ones(
+    store: SqliteStore, bus: KafkaBus
+) -> None:
+    agents = await devices(store, 2)
+    async with (
+        await bus.subscribe([CHANNEL_EVENTS]) as anonymous,
+        SqliteStore(store.path) as other_process,  # its commits reach no listener here
+    ):
+        await publish_rounds(other_process, agents[1:], range(3))
+        await publish_rounds(store, agents[:1], range(3))
+        events = await collect(anonymous, agents, 2 * len(expected(range(3))))
+    assert by_agent(events, agents) == {agent: expected(range(3)) for agent in agents}
+    await eventually_empty(store)
 
 
 async def test_group_resumes_after_its_last_commit(store: SqliteStore, bus: KafkaBus) -> None:

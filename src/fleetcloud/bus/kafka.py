@@ -9,9 +9,14 @@ in the outbox until they are acknowledged, so nothing is lost, but a row may be 
 twice (after a failure between the acks and the delete): delivery is at-least-once, and
 consumers deduplicate by event id where it matters.
 
-With PostgreSQL several processes may run a relay; each pass holds a session advisory
-lock (``pg_try_advisory_lock``), so one relays while the others skip. With SQLite one
-process owns the database, so there is no lock: run one ``KafkaBus`` per store.
+With SQLite one process owns the database, so there is no lock (run one ``KafkaBus`` per
+store), and the relay takes the rows this process commits straight from the commit
+listener: no read and no JSON decoding of the row, only the delete once Kafka has them.
+It still reads the table at start and after any failure or overflow (in id order, every
+row), and every ``POLL_INTERVAL`` for rows other processes wrote (their ids first, then
+the payloads of the rows the fast path does not hold), so no row is left behind. With
+PostgreSQL several processes may run a relay; each pass reads the table and holds a
+session advisory lock (``pg_try_advisory_lock``), so one relays while the others skip.
 
 Subscribers are ``AIOKafkaConsumer`` instances. An anonymous one (``group=None``) has no
 group id, starts at the end of every partition and sees only what is published after
@@ -22,14 +27,23 @@ re-subscribes before its first ``commit`` misses nothing published after it firs
 
 Events for one key keep their order: the relay produces rows in id order and Kafka keeps
 one key on one partition. Topics are created on demand (``partitions`` each).
+
+**Record format.** An event is one record whose value is the JSON of ``event.value``,
+except on the high-volume internal topics (``GROUPED_TOPICS``: channel events): there the
+events one relay pass has for one key go into as few records as possible, each a JSON
+array of event values in order (at most ``RECORD_BYTES`` of JSON per record). Producer and
+consumer costs are per record, so a busy device's messages and aggregate updates cost one
+record per pass rather than one each. Subscribers read both forms; the command topic, which
+other producers (``PusherService``) write too, always has one command per record.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from typing import Any
 
 import orjson
@@ -40,7 +54,7 @@ from aiokafka.protocol.group import LeaveGroupRequest
 
 from fleetcloud.bus.base import Bus, Subscription
 from fleetcloud.core.errors import BusError
-from fleetcloud.core.types import Event
+from fleetcloud.core.types import CHANNEL_EVENTS, Event
 from fleetcloud.store import outbox
 from fleetcloud.store.base import Store
 from fleetcloud.store.ops import Execute, Fetch, Work, placeholders
@@ -50,6 +64,7 @@ log = logging.getLogger("fleetcloud.bus.kafka")
 RELAY_GROUP = "kafka-relay"  # the name lag() reports the relay backlog under
 RELAY_LOCK = 7_301_002  # pg_try_advisory_lock key: one relaying process at a time
 RELAY_CHUNK = 500  # outbox rows per relay pass
+FRESH_LIMIT = 10_000  # rows held for the fast path at most (then the table takes over)
 POLL_INTERVAL = 1.0  # seconds between relay passes when no local commit wakes it
 BACKOFF_MIN = 0.1
 BACKOFF_MAX = 5.0
@@ -59,6 +74,9 @@ MAX_RECORDS = 5_000  # events per next_batch at most
 WAIT_SLICE_MS = 1_000  # next_batch(None) waits in slices this long
 ALIGN_TIMEOUT = 2.0  # subscribe waits this long at most for a first fetch (see below)
 ALIGN_STEP = 0.005
+
+GROUPED_TOPICS = frozenset({CHANNEL_EVENTS})  # a key's events share records (module doc)
+RECORD_BYTES = 256 * 1024  # JSON in one grouped record at most (below max_request_size)
 
 TOPIC_ALREADY_EXISTS = 36  # the Kafka protocol's TOPIC_ALREADY_EXISTS error code
 
@@ -83,18 +101,54 @@ def _bus_error(action: str, exc: BaseException) -> BusError:
     return BusError(f"kafka: could not {action}: {exc!r}")
 
 
-def decode_record(record: Any) -> Event | None:
-    """The ``Event`` a consumer record carries, or None (logged) if it is not ours."""
+def decode_record(record: Any) -> list[Event]:
+    """The events a consumer record carries (see "Record format"); none (logged) if it is
+    not ours."""
     try:
         value = orjson.loads(record.value)
         key = record.key.decode() if record.key is not None else ""
     except (orjson.JSONDecodeError, UnicodeDecodeError, TypeError):
         log.warning("skipping an undecodable record at %s[%d]@%d", *_where(record))
-        return None
-    if not isinstance(value, dict):
-        log.warning("skipping a non-object record at %s[%d]@%d", *_where(record))
-        return None
-    return Event(record.topic, key, value)
+        return []
+    if isinstance(value, dict):
+        return [Event(record.topic, key, value)]
+    if isinstance(value, list) and all(isinstance(item, dict) for item in value):
+        return [Event(record.topic, key, item) for item in value]
+    log.warning("skipping a record that holds no event objects at %s[%d]@%d", *_where(record))
+    return []
+
+
+def encode_records(events: Sequence[Event]) -> list[tuple[str, bytes, bytes]]:
+    """``(topic, key, value)`` records for ``events``, grouped by key on
+    ``GROUPED_TOPICS`` (each key's events in their order), one per event elsewhere."""
+    records: list[tuple[str, bytes, bytes]] = []
+    groups: dict[tuple[str, str], list[bytes]] = {}
+    for event in events:
+        value = orjson.dumps(event.value)
+        if event.topic in GROUPED_TOPICS:
+            groups.setdefault((event.topic, event.key), []).append(value)
+        else:
+            records.append((event.topic, event.key.encode(), value))
+    for (topic, key), values in groups.items():
+        encoded = key.encode()
+        records.extend((topic, encoded, value) for value in _joined(values))
+    return records
+
+
+def _joined(values: list[bytes]) -> Iterator[bytes]:
+    """``values`` as JSON arrays of at most ``RECORD_BYTES`` (a lone value as itself)."""
+    if len(values) == 1:
+        yield values[0]
+        return
+    chunk: list[bytes] = []
+    size = 0
+    for value in values:
+        if chunk and size + len(value) > RECORD_BYTES:
+            yield b"[" + b",".join(chunk) + b"]"
+            chunk, size = [], 0
+        chunk.append(value)
+        size += len(value) + 1
+    yield b"[" + b",".join(chunk) + b"]"
 
 
 def _where(record: Any) -> tuple[str, int, int]:
@@ -114,6 +168,19 @@ def delete_rows(ids: Sequence[int]) -> Work[int]:
         deleted: int = yield Execute(sql, chunk)
         count += deleted
     return count
+
+
+def row_ids_after(position: int, limit: int) -> Work[list[int]]:
+    rows = yield Fetch("SELECT id FROM outbox WHERE id > ? ORDER BY id LIMIT ?", (position, limit))
+    return [int(row[0]) for row in rows]
+
+
+def rows_by_id(ids: Sequence[int]) -> Work[list[tuple[int, list[Event]]]]:
+    """These outbox rows (those that still exist), in id order."""
+    marks = placeholders(len(ids))
+    sql = f"SELECT id, payload FROM outbox WHERE id IN ({marks}) ORDER BY id"  # noqa: S608 - "?" placeholders only
+    rows = yield Fetch(sql, ids)
+    return [(int(row_id), outbox.decode(payload)) for row_id, payload in rows]
 
 
 def backlog() -> Work[int]:
@@ -154,7 +221,8 @@ class KafkaSubscription(Subscription):
             if not batch:
                 continue
             self.pending[partition] = batch[-1].offset + 1
-            events.extend(e for e in map(decode_record, batch) if e is not None)
+            for record in batch:
+                events.extend(decode_record(record))
         return events
 
     async def commit(self) -> None:
@@ -205,6 +273,12 @@ class KafkaBus(Bus):
         self._known_topics: set[str] = set()
         self._topics_lock = asyncio.Lock()
         self._draining = asyncio.Lock()  # one relay pass at a time in this process
+        # The fast path (SQLite): rows committed here and not relayed yet, in commit order.
+        self._fast = False
+        self._fresh: dict[int, Sequence[Event]] = {}
+        self._table_due = True  # the next pass reads the table (start, failure, overflow)
+        self._table_at = 0.0  # loop time of the last complete table pass
+        self._table_relayed: set[int] = set()  # rows the last table pass relayed
 
     # ------------------------------------------------------------ lifecycle
 
@@ -220,8 +294,11 @@ class KafkaBus(Bus):
             await producer.stop()
             raise _bus_error(f"connect to {self.bootstrap_servers}", exc) from exc
         self._producer = producer
+        self._fast = self.store.dialect == "sqlite"
+        self._fresh.clear()
+        self._table_due = True  # relay what is already waiting
         self.store.add_commit_listener(self._on_commit)
-        self._wakeup.set()  # relay what is already waiting
+        self._wakeup.set()
         self._relay = asyncio.get_running_loop().create_task(self._relay_loop(), name="kafka-relay")
 
     async def close(self) -> None:
@@ -257,6 +334,12 @@ class KafkaBus(Bus):
     # ------------------------------------------------------------ the relay
 
     def _on_commit(self, position: int, events: Sequence[Event]) -> None:
+        if self._fast and position and position not in self._table_relayed:
+            if len(self._fresh) < FRESH_LIMIT:
+                self._fresh[position] = events
+            else:  # far behind: relay from the table, in order, until it has caught up
+                self._fresh.clear()
+                self._table_due = True
         self._wakeup.set()
 
     async def _relay_loop(self) -> None:
@@ -264,9 +347,11 @@ class KafkaBus(Bus):
         while True:
             self._wakeup.clear()
             try:
-                await self.drain()
+                await self._relay_due()
             except Exception as exc:
                 log.warning("kafka relay failed (retrying in %.1fs): %r", backoff, exc)
+                self._fresh.clear()  # the table has every unrelayed row
+                self._table_due = True
                 self._known_topics.clear()  # the broker may have lost them: check again
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
@@ -275,11 +360,45 @@ class KafkaBus(Bus):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), POLL_INTERVAL)
 
+    async def _relay_due(self) -> None:
+        """One wake-up's work: the fast path's rows, or the table when it is due."""
+        loop = asyncio.get_running_loop()
+        if self._table_due or not self._fast:
+            await self.drain()
+            return
+        if loop.time() - self._table_at >= POLL_INTERVAL:
+            await self._poll()
+        async with self._draining:
+            while self._fresh and loop.time() - self._table_at < POLL_INTERVAL:
+                rows = list(itertools.islice(self._fresh.items(), RELAY_CHUNK))
+                await self._relay_rows(rows)
+                for row_id, _ in rows:
+                    self._fresh.pop(row_id, None)
+
+    async def _poll(self) -> None:
+        """Relay the table's rows that the fast path does not hold (other processes'
+        commits), reading the payload of those rows only."""
+        async with self._draining:
+            self._table_relayed = set()
+            after = 0
+            while True:
+                ids = await self.store.read(row_ids_after(after, RELAY_CHUNK))
+                wanted = [row_id for row_id in ids if row_id not in self._fresh]
+                if wanted:
+                    rows = await self.store.read(rows_by_id(wanted))
+                    await self._relay_rows(rows)
+                    self._table_relayed.update(row_id for row_id, _ in rows)
+                if len(ids) < RELAY_CHUNK:
+                    break
+                after = ids[-1]
+            self._table_at = asyncio.get_running_loop().time()
+
     async def drain(self) -> int:
-        """Relay outbox rows until none are left (or another process holds the relay
-        lock); returns how many rows this call relayed."""
+        """Relay outbox rows from the table until none are left (or another process holds
+        the relay lock); returns how many rows this call relayed."""
         relayed = 0
         async with self._draining:
+            self._table_relayed = set()
             while True:
                 async with self._relay_lock() as held:
                     if not held:
@@ -287,16 +406,25 @@ class KafkaBus(Bus):
                     count = await self._relay_pass()
                 relayed += count
                 if count < RELAY_CHUNK:
+                    self._table_due = False
+                    self._table_at = asyncio.get_running_loop().time()
                     return relayed
 
     async def _relay_pass(self) -> int:
         rows = await self.store.read(outbox.read_after(0, RELAY_CHUNK))
         if not rows:
             return 0
+        await self._relay_rows(rows)
+        for row_id, _ in rows:  # relayed: the fast path must not send them again
+            self._fresh.pop(row_id, None)
+            self._table_relayed.add(row_id)
+        return len(rows)
+
+    async def _relay_rows(self, rows: Sequence[tuple[int, Sequence[Event]]]) -> None:
+        """Produce the rows' events, wait for Kafka's acks, then delete exactly those rows."""
         await self.ensure_topics({event.topic for _, events in rows for event in events})
         await self._produce([event for _, events in rows for event in events])
         await self.store.write(delete_rows([row_id for row_id, _ in rows]))
-        return len(rows)
 
     async def _produce(self, events: Sequence[Event]) -> None:
         """Send every event and wait for all the acknowledgements; raise ``BusError`` if
@@ -306,9 +434,8 @@ class KafkaBus(Bus):
         futures: list[asyncio.Future[Any]] = []
         error: BaseException | None = None
         try:
-            for event in events:
-                value, key = orjson.dumps(event.value), event.key.encode()
-                futures.append(await self._producer.send(event.topic, value, key=key))
+            for topic, key, value in encode_records(events):
+                futures.append(await self._producer.send(topic, value, key=key))
         except KafkaError as exc:
             error = exc
         results = await asyncio.gather(*futures, return_exceptions=True)

@@ -7,15 +7,18 @@ one ``TaskGroup``:
   the ``device_commands`` topic as consumer group ``mqtt-connector``: each command is
   recorded (``QUEUED``, idempotently by ``request_id``) before the group commits, so a
   command on the bus is never lost, and MQTT ones join their device's queue.
-- **one task per device with work** — delivers the device's commands one at a time, in
-  order (``Delivery``: expiry, parser, then publish to ``metadata.topic`` with
+- **one task per device with work** — delivers the device's commands in order
+  (``Delivery``: expiry, parser, then publish to ``metadata.topic`` with
   ``qos``/``retain``). What counts as delivered is ``metadata.ack``: ``"broker"`` (the
   default at QoS ≥ 1) — the broker's PUBACK; ``"device"`` — the device's message on
   ``fleetcloud/<id>/commands/ack``, resent with backoff (or at once when the device says
   ``online`` on ``fleetcloud/<id>/status``) until it comes or the command expires;
   ``"none"`` (the default at QoS 0) — stays ``SENT`` unless the device acknowledges.
-  While the broker is unreachable commands wait (still ``QUEUED``/``SENT``) and go out
-  after the reconnect.
+  Commands settled by the broker (or by nothing) are pipelined: up to ``WINDOW`` of a
+  device's publishes await their PUBACKs at once, recorded in publish order; if the
+  connection fails, the unacknowledged ones go again, oldest first, before anything newer.
+  A command that waits for the device's ack is sent alone. While the broker is
+  unreachable commands wait (still ``QUEUED``/``SENT``) and go out after the reconnect.
 - **broker** — one aiomqtt connection (persistent session, TCP_NODELAY), reconnecting
   with backoff; it only files what arrives, so it never waits on the database.
 - **inbound** — turns what devices published into channel messages (JSON, or the device's
@@ -56,6 +59,8 @@ from fleetcloud.store.agents import now_ms
 from fleetcloud.store.channels import PublishItem
 
 log = logging.getLogger("fleetcloud.connectors.mqtt")
+
+
 CLIENT_LOG = logging.getLogger("fleetcloud.connectors.mqtt.client")  # aiomqtt's and paho's
 
 PROTOCOL = "mqtt"
@@ -64,6 +69,7 @@ PUBLISH_TIMEOUT = 10.0
 HANDLED_MEMORY = 100_000  # delivered request ids the reconciler skips
 COMMIT_INTERVAL = 0.2  # seconds between consumer-group commits while busy
 COMMIT_AT_LATEST = 2.0  # … and at most this long, waiting for records if need be
+WINDOW = 16  # a device's publishes awaiting their PUBACK at most
 INBOUND_BATCH = 2_000
 INBOUND_LIMIT = 50_000  # queued inbound messages before the broker loop waits
 ACK_STATUSES = {
@@ -124,11 +130,28 @@ class Flight:
 
 
 @dataclass(eq=False)
+class Launch:
+    """A command whose bytes are ready, and once published, its publish in flight."""
+
+    command: StoredCommand
+    topic: str
+    data: bytes
+    qos: int
+    retain: bool
+    ack: str
+    flight: Flight | None = None
+    publish: asyncio.Future[Any] | None = None
+    connection: Connection | None = None
+
+
+@dataclass(eq=False)
 class DeviceQueue:
     agent_id: int
     items: deque[StoredCommand] = field(default_factory=deque)
     task: asyncio.Task[None] | None = None
-    flight: Flight | None = None
+    flight: Flight | None = None  # the command waiting for a device ack, if any
+    window: deque[Launch] = field(default_factory=deque)  # published, broker ack pending
+    again: deque[Launch] = field(default_factory=deque)  # to publish again, before items
 
 
 @dataclass(slots=True)
@@ -340,24 +363,158 @@ class MqttConnector:
     # ------------------------------------------------------------ commands out
 
     async def _device_loop(self, queue: DeviceQueue) -> None:
+        """Deliver a device's commands in order. Commands the broker's PUBACK settles (or
+        nothing, at QoS 0) are pipelined: up to ``WINDOW`` are published before the
+        oldest one's PUBACK is awaited, in publish order. One connection keeps them in
+        order; if it fails, the unacknowledged ones are published again, oldest first.
+        A command that waits for the device's own ack goes alone, after the window."""
         try:
-            while queue.items:
-                command = queue.items.popleft()
-                if command.request_id not in self.settled:
-                    try:
-                        await self._deliver(queue, command)
-                    except FleetError as exc:  # the store failed: try this command again
-                        log.warning("delivering %s failed: %s", command.request_id, exc.message)
-                        queue.items.appendleft(command)
-                        await asyncio.sleep(1.0)
-                        continue
-                self.queued.discard(command.request_id)
-                self._handled(command.request_id)
-                self.settled.discard(command.request_id)
+            while True:
+                self._land_ready(queue)
+                room = (queue.items or queue.again) and len(queue.window) < WINDOW
+                if room and await self._next(queue):
+                    continue
+                if not queue.window:  # (_next only declines while the window is in use)
+                    return
+                await self._land(queue)
         finally:
+            for launch in queue.window:
+                self._drop(launch)
+            queue.window.clear()
             queue.task = None
-            if not queue.items:
+            if not queue.items and not queue.again:
                 self.queues.pop(queue.agent_id, None)
+
+    async def _next(self, queue: DeviceQueue) -> bool:
+        """Publish the device's next command (or deliver it, if it waits for the device's
+        ack and the window is empty); False if it must wait for the window to empty."""
+        if queue.again:
+            launch = queue.again.popleft()
+            if launch.command.request_id in self.settled:
+                self._done(launch.command)
+                return True
+            try:
+                return await self._publish_next(queue, launch)
+            except FleetError as exc:  # recording its expiry failed: try again
+                log.warning("delivering %s failed: %s", launch.command.request_id, exc.message)
+                queue.again.appendleft(launch)
+                await asyncio.sleep(1.0)
+                return True
+        command = queue.items[0]
+        if command.request_id in self.settled:
+            self._done(queue.items.popleft())
+            return True
+        if _ack_mode(command) == "device":
+            if queue.window:
+                return False
+            queue.items.popleft()
+            await self._guarded(queue, command, self._deliver(queue, command))
+            return True
+        queue.items.popleft()
+        await self._guarded(queue, command, self._launch(queue, command))
+        return True
+
+    async def _guarded(self, queue: DeviceQueue, command: StoredCommand, step: Any) -> None:
+        try:
+            finished = await step
+        except FleetError as exc:  # the store failed: try this command again
+            log.warning("delivering %s failed: %s", command.request_id, exc.message)
+            queue.items.appendleft(command)
+            await asyncio.sleep(1.0)
+            return
+        if finished is not False:
+            self._done(command)
+
+    def _done(self, command: StoredCommand) -> None:
+        self.queued.discard(command.request_id)
+        self._handled(command.request_id)
+        self.settled.discard(command.request_id)
+
+    async def _launch(self, queue: DeviceQueue, command: StoredCommand) -> bool:
+        """Prepare a command and publish it into the window; True if it ended here
+        instead (no topic, expired, parser failure), False once it is in flight."""
+        topic = command.metadata.get("topic")
+        if not isinstance(topic, str) or not topic:
+            await self.delivery.fail(command, NO_TOPIC)
+            return True
+        data = await self.delivery.prepare(command)
+        if data is None:
+            return True
+        qos = int(command.metadata.get("qos", 1))
+        retain = bool(command.metadata.get("retain", False))
+        launch = Launch(command, topic, data, qos, retain, _ack_mode(command))
+        await self._publish_next(queue, launch)  # (or it waits in queue.again)
+        return False
+
+    async def _publish_next(self, queue: DeviceQueue, launch: Launch) -> bool:
+        """Start ``launch``'s publish at the end of the window, once there is a broker
+        connection (or record that the command expired while there was none). False if
+        the window's publishes went out on an earlier connection: they must settle (or
+        go again) first, so ``launch`` waits at the front of ``queue.again``."""
+        connection = await self._connection_for(launch.command)
+        if connection is None:
+            await self.delivery.expire_if_due(launch.command)
+            self._done(launch.command)
+            return True
+        if queue.window and queue.window[-1].connection is not connection:
+            queue.again.appendleft(launch)
+            return False
+        request_id = launch.command.request_id
+        launch.flight = self.flights[request_id] = Flight(launch.command)
+        launch.connection = connection
+        launch.publish = asyncio.ensure_future(
+            connection.client.publish(
+                launch.topic, launch.data, qos=launch.qos, retain=launch.retain,
+                timeout=PUBLISH_TIMEOUT,
+            )
+        )  # fmt: skip
+        queue.window.append(launch)
+        return True
+
+    def _land_ready(self, queue: DeviceQueue) -> None:
+        """Record the oldest publishes that have already completed, without waiting."""
+        while queue.window and _settled(queue.window[0]):
+            self._landed(queue.window.popleft())
+
+    async def _land(self, queue: DeviceQueue) -> None:
+        """Wait for the oldest publish in the window and record it; if its connection
+        failed, queue the window to be published again, in order."""
+        launch = queue.window[0]
+        assert launch.publish is not None
+        assert launch.connection is not None
+        lost = launch.connection.lost
+        await asyncio.wait((launch.publish, lost), return_when=asyncio.FIRST_COMPLETED)
+        if _settled(launch):
+            self._landed(queue.window.popleft())
+            return
+        if launch.publish.done() and not launch.publish.cancelled():  # it failed
+            log.info("publish to %s failed: %r", launch.topic, launch.publish.exception())
+        else:
+            log.info("publish to %s cut off: the connection was lost", launch.topic)
+        for pending in queue.window:
+            self._drop(pending)
+        queue.again.extendleft(reversed(queue.window))
+        queue.window.clear()
+        with contextlib.suppress(TimeoutError):  # until the broker loop notices
+            await asyncio.wait_for(asyncio.shield(lost), 1.0)
+
+    def _landed(self, launch: Launch) -> None:
+        assert launch.flight is not None
+        self.flights.pop(launch.command.request_id, None)
+        self._sent(
+            launch.flight, broker_ack=launch.ack == "broker" and launch.qos > 0, ack=launch.ack
+        )
+        self._done(launch.command)
+
+    def _drop(self, launch: Launch) -> None:
+        """Forget a publish that will not be recorded (it is sent again, or the device
+        task stops)."""
+        self.flights.pop(launch.command.request_id, None)
+        publish, launch.publish, launch.flight = launch.publish, None, None
+        if publish is not None and not publish.done():
+            publish.cancel()
+        elif publish is not None and not publish.cancelled():
+            publish.exception()  # retrieved: a failure here is not worth a warning
 
     async def _deliver(self, queue: DeviceQueue, command: StoredCommand) -> None:
         """Deliver one command until it no longer needs this connector."""
@@ -367,7 +524,7 @@ class MqttConnector:
             return
         qos = int(command.metadata.get("qos", 1))
         retain = bool(command.metadata.get("retain", False))
-        ack = command.metadata.get("ack") or ("broker" if qos else "none")
+        ack = _ack_mode(command)
         data: bytes | None = None
         wait = self.options.ack_timeout
         while True:
@@ -657,6 +814,23 @@ class MqttConnector:
                 if flight is not None:
                     flight.wake.set()
             await asyncio.sleep(self.options.expiry_interval)
+
+
+def _ack_mode(command: StoredCommand) -> str:
+    """What settles a command: ``broker`` (PUBACK), ``device`` or ``none`` (module doc)."""
+    qos = int(command.metadata.get("qos", 1))
+    return str(command.metadata.get("ack") or ("broker" if qos else "none"))
+
+
+def _settled(launch: Launch) -> bool:
+    """Whether ``launch``'s publish completed without an error."""
+    publish = launch.publish
+    return (
+        publish is not None
+        and publish.done()
+        and not publish.cancelled()
+        and publish.exception() is None
+    )
 
 
 def _insert(items: deque[StoredCommand], command: StoredCommand) -> None:
