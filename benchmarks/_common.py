@@ -34,6 +34,7 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
         self.waiter: asyncio.Future[tuple[int, bytes]] | None = None
+        self.closed = False
 
     @classmethod
     async def open(cls, port: int) -> Connection:
@@ -64,9 +65,11 @@ class Connection(asyncio.Protocol):
         body = bytes(self.buffer[end + 4 : total])
         del self.buffer[:total]
         waiter, self.waiter = self.waiter, None
-        waiter.set_result((int(head[9:12]), body))
+        if not waiter.done():
+            waiter.set_result((int(head[9:12]), body))
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
         self._fail(exc or ConnectionError("the server closed the connection"))
 
     def _fail(self, exc: Exception) -> None:
@@ -76,6 +79,8 @@ class Connection(asyncio.Protocol):
 
     async def request(self, raw: bytes) -> tuple[int, bytes]:
         assert self.transport is not None
+        if self.closed:
+            raise ConnectionError("the connection is closed")
         self.waiter = asyncio.get_running_loop().create_future()
         self.transport.write(raw)
         return await self.waiter
@@ -88,9 +93,11 @@ class Connection(asyncio.Protocol):
 # ---------------------------------------------------------------- readings
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process ``pid`` and its threads so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def cpu_seconds(pid: int, tid: int | None = None) -> float:
+    """User + system CPU time of process ``pid`` and its threads so far (of its thread
+    ``tid`` only, if given: the main thread, which runs the event loop, has ``tid == pid``)."""
+    stat = Path(f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat")
+    fields = stat.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 

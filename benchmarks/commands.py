@@ -47,24 +47,25 @@ from typing import Any
 
 import aiomqtt
 import orjson
-from tests.servers.fleetcloud import FLEETCLOUD, Server
+from tests.servers.fleetcloud import Server
 from tests.servers.kafka import tansu_broker
 from tests.servers.mosquitto import free_port, mosquitto_broker
 
-from benchmarks._common import create_devices, machine, system_busy
+from benchmarks._common import (
+    DOCS,
+    ROOT,
+    cli_json,
+    cpu_seconds,
+    create_devices,
+    load_average,
+    machine,
+    percentile,
+    system_busy,
+    write_docs,
+)
 from fleetcloud.commands import CommandMessage, PusherService
 
-ROOT = Path(__file__).resolve().parent.parent
-DOCS = ROOT / "docs" / "benchmarks.md"
-BEGIN = "<!-- benchmarks.commands:begin (written by `python -m benchmarks.commands`) -->"
-END = "<!-- benchmarks.commands:end -->"
 TICK = 0.01  # seconds between push batches at a steady rate
-
-
-def cli_json(*args: str) -> dict[str, Any]:
-    done = subprocess.run([*FLEETCLOUD, *args], capture_output=True, text=True, check=True)
-    result: dict[str, Any] = json.loads(done.stdout)
-    return result
 
 
 @dataclass
@@ -78,23 +79,6 @@ def create_fleet(directory: Path, devices: int) -> Fleet:
     database = directory / "fleet.db"
     organisation, ids = create_devices(f"sqlite:///{database}", devices)
     return Fleet(database, str(organisation["organisation_id"]), ids)
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    return ordered[min(len(ordered) - 1, int(len(ordered) * q / 100))]
-
-
-def load() -> str:
-    return "/".join(f"{v:.1f}" for v in os.getloadavg())
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # ---------------------------------------------------------------- commands
@@ -158,7 +142,7 @@ async def steady(
         "p50_ms": percentile(latencies, 50),
         "p99_ms": percentile(latencies, 99),
         "max_ms": max(latencies, default=float("nan")),
-        "load": load(),
+        "load": load_average(),
     }
 
 
@@ -187,7 +171,7 @@ async def burst(
         "received": len(received),
         "push_rate": count / (pushed_at - start),
         "rate": len(received) / elapsed,
-        "load": load(),
+        "load": load_average(),
     }
 
 
@@ -295,7 +279,7 @@ def uplink_rate(
         "count": total,
         "landed": landed,
         "rate": landed / (last_change - start),
-        "load": load(),
+        "load": load_average(),
         "server_cpu_us": (cpu_stored - cpu_before) * 1e6 / max(landed, 1),
         "relayed_s": relayed_at - start,
         "relayed_cpu_us": (cpu_seconds(pid) - cpu_before) * 1e6 / max(landed, 1),
@@ -446,18 +430,6 @@ def problems(figures: dict[str, Any]) -> list[str]:
     return found
 
 
-def write_docs(section: str) -> None:
-    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    block = f"{BEGIN}\n{section}\n{END}"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
-        text = head + block + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    DOCS.write_text(text)
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.commands")
     parser.add_argument(
@@ -486,7 +458,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = " ".join(
         ["uv run python -m benchmarks.commands", *(sys.argv[1:] if argv is None else argv)]
     )
-    figures: dict[str, Any] = {"load_before": load()}
+    figures: dict[str, Any] = {"load_before": load_average()}
     with tempfile.TemporaryDirectory(prefix="fleetcloud-bench-") as raw_dir:
         directory = Path(raw_dir)
         fleet = create_fleet(directory, options.devices)
@@ -496,7 +468,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         written = cli_json(
             "mqtt", "broker-config", "--org", fleet.organisation, "--out", str(directory / "mqtt"),
             "--port", str(mqtt_port), *run_as, "--database", f"sqlite:///{fleet.database}",
-            "--json",
         )  # fmt: skip
         secret = str(written["connector_url"]).split(":")[2].split("@")[0]
         with (
@@ -535,7 +506,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     section = markdown(figures, options, command)
     print("\n" + section)
     if not options.no_write:
-        write_docs(section)
+        write_docs("commands", section)
         print(f"\nwrote {DOCS.relative_to(ROOT)}")
     if options.json:
         print(json.dumps(figures))

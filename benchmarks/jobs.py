@@ -49,9 +49,7 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
-import datetime
 import os
-import platform
 import pstats
 import resource
 import signal
@@ -67,17 +65,24 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from tests.servers.fleetcloud import FLEETCLOUD, Server
+from tests.servers.fleetcloud import Server
 
+from benchmarks._common import (
+    DOCS,
+    ROOT,
+    Connection,
+    cli_json,
+    cpu_seconds,
+    load_average,
+    machine,
+    percentile,
+    system_busy,
+    write_docs,
+)
 from fleetcloud.jobs import devices
 from fleetcloud.store import open_store
 from fleetcloud.store.ops import Work
 
-ROOT = Path(__file__).resolve().parent.parent
-DOCS = ROOT / "docs" / "benchmarks.md"
-BEGIN = "<!-- benchmarks.jobs:begin (written by `python -m benchmarks.jobs`) -->"
-END = "<!-- benchmarks.jobs:end -->"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 REGISTER_CHUNK = 500
 CONNECT_AT_ONCE = 256  # connections being opened at the same time (uvicorn's backlog is 2048)
@@ -99,69 +104,6 @@ SUCCEEDED = orjson.dumps(
 NO_PENDING = b'{"message"'
 
 # ---------------------------------------------------------------- a lean HTTP/1.1 client
-
-
-class Connection(asyncio.Protocol):
-    """One keep-alive HTTP/1.1 connection with one request in flight at a time."""
-
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.buffer = bytearray()
-        self.waiter: asyncio.Future[tuple[int, bytes]] | None = None
-        self.closed = False
-
-    @classmethod
-    async def open(cls, port: int) -> Connection:
-        loop = asyncio.get_running_loop()
-        _, protocol = await loop.create_connection(cls, "127.0.0.1", port)
-        return protocol
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        if self.waiter is None:
-            return
-        end = self.buffer.find(b"\r\n\r\n")
-        if end < 0:
-            return
-        head = bytes(self.buffer[:end]).lower()
-        at = head.find(b"\r\ncontent-length:")
-        if at < 0:
-            self._fail(ConnectionError(f"no content-length in {head!r}"))
-            return
-        stop = head.find(b"\r\n", at + 2)
-        length = int(head[at + 17 : stop if stop >= 0 else None])
-        total = end + 4 + length
-        if len(self.buffer) < total:
-            return
-        body = bytes(self.buffer[end + 4 : total])
-        del self.buffer[:total]
-        waiter, self.waiter = self.waiter, None
-        if not waiter.done():
-            waiter.set_result((int(head[9:12]), body))
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        self._fail(exc or ConnectionError("the server closed the connection"))
-
-    def _fail(self, exc: Exception) -> None:
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_exception(exc)
-        self.waiter = None
-
-    async def request(self, raw: bytes) -> tuple[int, bytes]:
-        assert self.transport is not None
-        if self.closed:
-            raise ConnectionError("the connection is closed")
-        self.waiter = asyncio.get_running_loop().create_future()
-        self.transport.write(raw)
-        return await self.waiter
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
 
 
 def http(
@@ -188,14 +130,6 @@ async def call(port: int, raw: bytes) -> tuple[int, Any]:
 # ---------------------------------------------------------------- measuring
 
 
-def cpu_seconds(pid: int, tid: int | None = None) -> float:
-    """User + system CPU time of process ``pid`` and its threads so far (of its thread
-    ``tid`` only, if given: the main thread, which runs the event loop, has ``tid == pid``)."""
-    stat = Path(f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat")
-    fields = stat.read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
 def rss_bytes(pid: int) -> int:
     fields = Path(f"/proc/{pid}/statm").read_text().split()
     return int(fields[1]) * PAGE
@@ -218,24 +152,6 @@ def open_files_limit(pid: int) -> str:
 
 def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def system_busy() -> float:
-    """CPU seconds the whole machine has spent busy so far (all cores)."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + fields[4]  # idle + iowait
-    return (sum(fields[:8]) - idle) / CLK_TCK
-
-
-def loadavg() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-
-
-def percentile(values: Sequence[float], p: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
 
 @dataclass
@@ -522,16 +438,6 @@ async def wake_probes(fleet: Fleet, count: int, gap: float) -> tuple[list[float]
 
 
 # ---------------------------------------------------------------- set-up
-
-
-def cli_json(*args: str) -> dict[str, Any]:
-    done = subprocess.run(
-        [*FLEETCLOUD, *args, "--json"], capture_output=True, timeout=120, check=False
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"fleetcloud {' '.join(args)} failed:\n{done.stderr.decode()}")
-    answer: dict[str, Any] = orjson.loads(done.stdout)
-    return answer
 
 
 def _register_many(secret: str, names: Sequence[str]) -> Work[list[tuple[str, str]]]:
@@ -853,23 +759,6 @@ def verify_database(path: Path, f: Figures, devices: int) -> None:
 # ---------------------------------------------------------------- reporting
 
 
-def machine() -> dict[str, str]:
-    model = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "nproc": str(os.cpu_count()),
-        "cpu": model,
-        "python": platform.python_version(),
-        "sqlite": sqlite3.sqlite_version,
-        "os": f"{platform.system()} {platform.release()}",
-    }
-
-
 def ms(values: Sequence[float]) -> str:
     if not values:
         return "—"
@@ -1019,18 +908,6 @@ def markdown(f: Figures, facts: dict[str, str], command: str, options: argparse.
     return "\n".join(lines)
 
 
-def write_docs(section: str) -> None:
-    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    block = f"{BEGIN}\n{section}\n{END}"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
-        text = head + block + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    DOCS.write_text(text)
-
-
 def summary(f: Figures) -> dict[str, Any]:
     def p(values: Sequence[float], q: float) -> float | None:
         return round(percentile(values, q) * 1000, 2) if values else None
@@ -1133,7 +1010,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop_on_sigterm)
     command = " ".join(["uv run python -m benchmarks.jobs", *given])
     soft, hard = raise_fd_limit(options.agents + 16 + 64 + 256)
-    f = Figures(options.agents, client_fd_limit=f"{soft} (hard {hard})", load_before=loadavg())
+    f = Figures(options.agents, client_fd_limit=f"{soft} (hard {hard})", load_before=load_average())
     with contextlib.ExitStack() as stack:
         directory = Path(
             tempfile.mkdtemp(prefix="fleetcloud-bench-jobs-")
@@ -1175,11 +1052,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             verify_database(path, f, options.agents)
         if options.keep:
             print(f"kept {directory}")
-    f.load_after = loadavg()
+    f.load_after = load_average()
     section = markdown(f, machine(), command, options)
     print("\n" + section)
     if not options.no_write:
-        write_docs(section)
+        write_docs("jobs", section)
         print(f"\nwrote {DOCS.relative_to(ROOT)}")
     if options.json:
         print(orjson.dumps(summary(f)).decode())
