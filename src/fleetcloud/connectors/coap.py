@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -46,13 +45,12 @@ from aiocoap.numbers.codes import Code  # type: ignore[import-untyped]
 
 from fleetcloud.commands import lifecycle
 from fleetcloud.commands.core.models import PENDING, CommandMessage, CommandStatus, InvalidCommand
-from fleetcloud.commands.delivery import Delivery, DeviceSettings, SettingsCache
+from fleetcloud.commands.delivery import DeviceSettings
 from fleetcloud.commands.lifecycle import Change, StoredCommand
-from fleetcloud.commands.runner import ParserError, ParserRunner
-from fleetcloud.commands.scripts import ParserLibrary
+from fleetcloud.commands.runner import ParserError
 from fleetcloud.commands.service import command_topic_from_env
-from fleetcloud.commands.tracker import CommandTracker
 from fleetcloud.connectors import coap_wire as wire
+from fleetcloud.connectors.base import Connector
 from fleetcloud.core.errors import (
     ApiError,
     BadRequest,
@@ -154,14 +152,15 @@ def pending_devices(after: int = 0, limit: int = 500) -> Work[list[tuple[int, bo
     return [(int(agent_id), bool(direct)) for agent_id, direct in rows]
 
 
-class CoapConnector:
+class CoapConnector(Connector):
     """``async with CoapConnector(platform, CoapOptions(bind=...)):`` — see the module doc."""
 
+    label = "CoAP connector"
+
     def __init__(self, platform: Platform, options: CoapOptions) -> None:
-        self.platform = platform
+        super().__init__(platform, options)
         self.options = options
         self.host, self.port = wire.bind_address(options.bind)
-        self.store = platform.store
         self.context: Any = None  # the aiocoap server context
         self.direct: dict[int, Direct] = {}
         # Devices that may have pending CoAP commands (→ a version, bumped when one comes):
@@ -172,33 +171,13 @@ class CoapConnector:
         self._formatted: OrderedDict[str, bytes] = OrderedDict()
         self._uplinks: list[_Uplink] = []
         self._uplinks_ready = asyncio.Event()
-        self._stack = contextlib.AsyncExitStack()
-        self._group: asyncio.TaskGroup | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
         self.uplinks = 0  # channel messages written from uplinks
         self.refused = 0  # requests answered with an error
 
     # ------------------------------------------------------------ lifecycle
 
-    async def __aenter__(self) -> CoapConnector:
-        try:
-            await self._start()
-        except BaseException:
-            await self.__aexit__(None, None, None)
-            raise
-        return self
-
     async def _start(self) -> None:
-        options = self.options
-        self.tracker = await self._stack.enter_async_context(CommandTracker(self.store))
-        self.runner = await self._stack.enter_async_context(
-            ParserRunner(workers=options.parser_workers, time_limit=options.parser_time_limit)
-        )
-        self.library = ParserLibrary(self.store, options.parsers_dir)
-        self.settings = SettingsCache(self.store)
-        self.delivery = Delivery(self.tracker, self.library, self.runner, self.settings)
-        self._group = asyncio.TaskGroup()
-        await self._group.__aenter__()
+        await self._open()
         self._spawn(self._uplink_loop(), "coap-uplinks")
         await self.scan()  # before the first request: what is pending from before
         try:
@@ -217,25 +196,12 @@ class CoapConnector:
             with contextlib.suppress(Exception):  # aiocoap's own shutdown errors
                 await self.context.shutdown()
             self.context = None
-        for task in list(self._tasks):
-            task.cancel()
-        if self._group is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._group.__aexit__(None, None, None)
-            self._group = None
+        await self._stop_tasks()
         for uplink in self._uplinks:
             if not uplink.done.done():
                 uplink.done.set_exception(FleetError("the CoAP connector stopped"))
         self._uplinks.clear()
         await self._stack.aclose()
-
-    def _spawn(self, coroutine: Any, name: str) -> asyncio.Task[Any]:
-        if self._group is None:
-            raise FleetError("the CoAP connector is not running")
-        task = self._group.create_task(coroutine, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
 
     # ------------------------------------------------------------ requests
 
@@ -403,19 +369,6 @@ class CoapConnector:
                 self.uplinks += sum(1 for r in results if r.success)
 
     # ------------------------------------------------------------ commands in
-
-    async def _commands_loop(self) -> None:
-        backoff = 0.5
-        while True:
-            started = time.monotonic()
-            try:
-                await self._consume()
-            except FleetError as exc:
-                log.warning("consuming %s failed: %s", self.options.command_topic, exc.message)
-            if time.monotonic() - started > 60:
-                backoff = 0.5
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 10.0)
 
     async def _consume(self) -> None:
         subscription = await self.platform.bus.subscribe(

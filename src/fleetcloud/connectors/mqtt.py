@@ -44,13 +44,12 @@ import orjson
 
 from fleetcloud.commands import lifecycle
 from fleetcloud.commands.core.models import PENDING, CommandMessage, CommandStatus, InvalidCommand
-from fleetcloud.commands.delivery import Delivery, DeviceSettings, SettingsCache
+from fleetcloud.commands.delivery import DeviceSettings
 from fleetcloud.commands.lifecycle import Change, StoredCommand
-from fleetcloud.commands.runner import ParserError, ParserRunner
-from fleetcloud.commands.scripts import ParserLibrary
+from fleetcloud.commands.runner import ParserError
 from fleetcloud.commands.service import command_topic_from_env
-from fleetcloud.commands.tracker import CommandTracker
 from fleetcloud.connectors import topics
+from fleetcloud.connectors.base import Connector
 from fleetcloud.connectors.paho_speedups import buffer_reads, skip_topic_filters
 from fleetcloud.core.errors import ApiError, BusError, ConfigError, FleetError
 from fleetcloud.core.types import Event
@@ -171,14 +170,15 @@ class Connection:
     )
 
 
-class MqttConnector:
+class MqttConnector(Connector):
     """``async with MqttConnector(platform, MqttOptions(url=...)):`` — see the module doc."""
 
+    label = "MQTT connector"
+
     def __init__(self, platform: Platform, options: MqttOptions) -> None:
-        self.platform = platform
+        super().__init__(platform, options)
         self.options = options
         self.broker = parse_url(options.url)
-        self.store = platform.store
         self.queues: dict[int, DeviceQueue] = {}
         self.flights: dict[str, Flight] = {}
         self.queued: set[str] = set()  # request ids in the device queues
@@ -191,73 +191,23 @@ class MqttConnector:
         self._inbound: deque[Inbound] = deque()
         self._inbound_ready = asyncio.Event()
         self._inbound_room = asyncio.Event()
-        self._stack = contextlib.AsyncExitStack()
-        self._group: asyncio.TaskGroup | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
         self.uplinks = 0  # channel messages written from uplinks
         self.dropped = 0  # inbound messages refused (unknown device, bad payload …)
 
     # ------------------------------------------------------------ lifecycle
 
-    async def __aenter__(self) -> MqttConnector:
-        try:
-            await self._start()
-        except BaseException:
-            await self.__aexit__(None, None, None)
-            raise
-        return self
-
     async def _start(self) -> None:
-        options = self.options
-        self.tracker = await self._stack.enter_async_context(CommandTracker(self.store))
-        self.runner = await self._stack.enter_async_context(
-            ParserRunner(workers=options.parser_workers, time_limit=options.parser_time_limit)
-        )
-        self.library = ParserLibrary(self.store, options.parsers_dir)
-        self.settings = SettingsCache(self.store)
-        self.delivery = Delivery(self.tracker, self.library, self.runner, self.settings)
-        self._group = asyncio.TaskGroup()
-        await self._group.__aenter__()
+        await self._open()
         self._spawn(self._broker_loop(), "mqtt-broker")
         self._spawn(self._commands_loop(), "mqtt-commands")
         self._spawn(self._inbound_loop(), "mqtt-inbound")
         self._spawn(self._expiry_loop(), "mqtt-expiry")
         self._spawn(self._reconcile_loop(), "mqtt-reconcile")
 
-    async def __aexit__(self, *exc_info: object) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        if self._group is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._group.__aexit__(None, None, None)
-            self._group = None
-        await self._stack.aclose()
-
-    def _spawn(self, coroutine: Any, name: str) -> asyncio.Task[Any]:
-        if self._group is None:
-            raise FleetError("the MQTT connector is not running")
-        task = self._group.create_task(coroutine, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
-
     async def wait_connected(self, timeout: float = 30.0) -> None:
         await asyncio.wait_for(self.connected.wait(), timeout)
 
     # ------------------------------------------------------------ commands in
-
-    async def _commands_loop(self) -> None:
-        backoff = 0.5
-        while True:
-            started = time.monotonic()
-            try:
-                await self._consume()
-            except FleetError as exc:
-                log.warning("consuming %s failed: %s", self.options.command_topic, exc.message)
-            if time.monotonic() - started > 60:
-                backoff = 0.5  # it had been working: retry soon
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 10.0)
 
     async def _consume(self) -> None:
         await self._load_pending()
