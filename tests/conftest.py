@@ -20,6 +20,8 @@ from fleetcloud.settings import Settings
 from fleetcloud.store.base import Store, open_store
 from tests.servers.postgres import postgres_server
 
+pytest_plugins = ["tests.browser"]  # Chromium: the `browser` and `tab` fixtures
+
 
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:

@@ -8,37 +8,26 @@ and printed, never asserted (docs/benchmarks.md, "Console").
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Page, Playwright, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
+from tests.browser import LAPTOP, PHONE, Tab, open_tab
 from tests.servers.fleetcloud import cli_json
 from tests.servers.postgres import free_port
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-LAPTOP = {"width": 1280, "height": 800}
-PHONE = {"width": 390, "height": 844}
 FLEETCLOUD = [sys.executable, "-m", "fleetcloud.cli"]
 
 
@@ -133,57 +122,6 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
 
 
 # ---------------------------------------------------------------- the browser
-
-
-@pytest.fixture(scope="module")
-def playwright() -> Iterator[Playwright]:
-    if not os.path.exists(CHROMIUM):
-        pytest.fail(f"{CHROMIUM} is missing: run ./dev test, or apt-get install chromium")
-    with sync_playwright() as started:
-        yield started
-
-
-@pytest.fixture(scope="module")
-def browser(playwright: Playwright) -> Iterator[Browser]:
-    launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-    yield launched
-    launched.close()
-
-
-@dataclass
-class Tab:
-    """A page, and every console error it logged."""
-
-    page: Page
-    errors: list[str] = field(default_factory=list)
-    expected_statuses: set[int] = field(default_factory=set)
-
-    def collect(self, message: ConsoleMessage) -> None:
-        if message.type != "error":
-            return
-        status = re.match(
-            r"Failed to load resource: the server responded with a status of (\d+)", message.text
-        )
-        if status and int(status.group(1)) in self.expected_statuses:
-            return  # a page the test asked for on purpose (a bad token, another org's device)
-        self.errors.append(f"{message.text} ({message.location.get('url')})")
-
-
-def open_tab(browser: Browser, viewport: dict[str, int]) -> Tab:
-    context = browser.new_context(viewport=viewport)
-    tab = Tab(context.new_page())
-    tab.page.on("console", tab.collect)
-    tab.page.on("pageerror", lambda error: tab.errors.append(f"uncaught: {error}"))
-    tab.page.set_default_timeout(15_000)
-    return tab
-
-
-@pytest.fixture
-def tab(browser: Browser) -> Iterator[Tab]:
-    opened = open_tab(browser, LAPTOP)
-    yield opened
-    opened.page.context.close()
-    assert opened.errors == [], "the console logged errors"
 
 
 def sign_in(page: Page, demo: Demo, token: str | None = None) -> None:

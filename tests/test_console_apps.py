@@ -5,7 +5,6 @@ and run by the real dispatcher — over HTTP and in a real Chromium."""
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,24 +12,13 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, expect, sync_playwright
+from playwright.sync_api import Browser, expect
 
 from fleetcloud.console import configform
+from tests.browser import LAPTOP, PHONE, Tab, open_tab
 from tests.servers.fleetcloud import cli_json
 from tests.test_apps_kit import deploy_body, probe_files
-from tests.test_console import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
-    LAPTOP,
-    PHONE,
-    Demo,
-    Tab,
-    demo_server,
-    measure,
-    open_tab,
-    sign_in,
-    wait_for,
-)
+from tests.test_console import Demo, demo_server, measure, sign_in, wait_for
 
 SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -282,25 +270,6 @@ def test_an_organisation_without_apps_says_how_to_deploy_one(setup: Setup) -> No
 
 
 # ---------------------------------------------------------------- in the browser
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[Browser]:
-    if not os.path.exists(CHROMIUM):
-        pytest.fail(f"{CHROMIUM} is missing: run ./dev test, or apt-get install chromium")
-    with sync_playwright() as started:
-        launched = started.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
-
-
-@pytest.fixture
-def tab(chromium: Browser) -> Iterator[Tab]:
-    """A laptop-sized page that must log no console error."""
-    opened = open_tab(chromium, LAPTOP)
-    yield opened
-    opened.page.context.close()
-    assert opened.errors == [], "the console logged errors"
-
-
 @pytest.mark.browser
 def test_apps_and_installations_are_listed(tab: Tab, setup: Setup) -> None:
     page = tab.page
@@ -394,9 +363,9 @@ def test_manual_invoke_adds_a_row_to_the_log(tab: Tab, setup: Setup) -> None:
 @pytest.mark.browser
 @pytest.mark.parametrize("viewport", [LAPTOP, PHONE], ids=["laptop", "phone"])
 def test_apps_pages_fit_without_horizontal_scrolling(
-    chromium: Browser, setup: Setup, viewport: dict[str, int]
+    browser: Browser, setup: Setup, viewport: dict[str, int]
 ) -> None:
-    tab = open_tab(chromium, viewport)
+    tab = open_tab(browser, viewport)
     page = tab.page
     widths = {}
     try:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import threading
 from collections.abc import Iterator
@@ -19,13 +18,14 @@ import httpx
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from fleetcloud.connectors import topics
 from fleetcloud.console.commands import PushForm, metadata_of
+from tests.browser import LAPTOP, PHONE, Tab, open_tab
 from tests.servers.fleetcloud import Server, cli, cli_json
 from tests.servers.mosquitto import free_port, mosquitto_broker
-from tests.test_console import CHROMIUM, CHROMIUM_ARGS, LAPTOP, PHONE, Tab, measure, open_tab
+from tests.test_console import measure
 
 DEADLINE = 30.0
 
@@ -300,23 +300,6 @@ def test_the_commands_channel_is_not_taken_for_a_reading(setup: Setup) -> None:
 
 
 # ---------------------------------------------------------------- in the browser
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[Browser]:
-    if not os.path.exists(CHROMIUM):
-        pytest.fail(f"{CHROMIUM} is missing: run ./dev test, or apt-get install chromium")
-    with sync_playwright() as started:
-        launched = started.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
-
-
-@pytest.fixture
-def tab(chromium: Browser) -> Iterator[Tab]:
-    """A laptop-sized page that must log no console error."""
-    opened = open_tab(chromium, LAPTOP)
-    yield opened
-    opened.page.context.close()
-    assert opened.errors == [], "the console logged errors"
 
 
 def sign_in(page: Page, setup: Setup) -> None:
@@ -421,10 +404,10 @@ def test_a_bad_payload_is_caught_before_sending(tab: Tab, setup: Setup) -> None:
 @pytest.mark.browser
 @pytest.mark.parametrize("viewport", [LAPTOP, PHONE], ids=["laptop", "phone"])
 def test_commands_pages_fit_without_horizontal_scrolling(
-    chromium: Browser, setup: Setup, viewport: dict[str, int]
+    browser: Browser, setup: Setup, viewport: dict[str, int]
 ) -> None:
     request_id = setup.push(setup.devices["gate"], "reboot")
-    tab = open_tab(chromium, viewport)
+    tab = open_tab(browser, viewport)
     page = tab.page
     widths = {}
     try:

@@ -8,30 +8,18 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from fleetcloud.console.jobs import JobForm
 from fleetcloud.core.errors import BadRequest
 from fleetcloud.jobs.requests import parse_execute
+from tests.browser import LAPTOP, PHONE, Tab, open_tab
 from tests.servers.fleetcloud import cli_json
-from tests.test_console import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
-    LAPTOP,
-    PHONE,
-    Demo,
-    Tab,
-    demo_server,
-    measure,
-    open_tab,
-    sign_in,
-    wait_for,
-)
+from tests.test_console import Demo, demo_server, measure, sign_in, wait_for
 
 browser_test = pytest.mark.browser
 
@@ -59,29 +47,6 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     directory = tmp_path_factory.mktemp("console-jobs")
     with demo_server(directory) as running:
         yield Fleet(running, f"sqlite:///{directory / 'console.sqlite'}")
-
-
-@pytest.fixture(scope="module")
-def playwright() -> Iterator[Playwright]:
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: run ./dev test, or apt-get install chromium")
-    with sync_playwright() as started:
-        yield started
-
-
-@pytest.fixture(scope="module")
-def browser(playwright: Playwright) -> Iterator[Browser]:
-    launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-    yield launched
-    launched.close()
-
-
-@pytest.fixture
-def tab(browser: Browser) -> Iterator[Tab]:
-    opened = open_tab(browser, LAPTOP)
-    yield opened
-    opened.page.context.close()
-    assert opened.errors == [], "the console logged errors"
 
 
 def device_box(page: Page, fleet: Fleet, name: str) -> Any:
