@@ -230,3 +230,31 @@ async def test_a_redelivered_event_comes_with_the_same_id(live: Live) -> None:
         i for i in await live.invocations(installation["id"]) if i["event_id"] == message_id
     ]
     assert [i["status"] for i in attempts] == ["OK", "OK"]
+
+
+async def test_events_of_an_agent_installed_on_meanwhile_are_not_left_out(live: Live) -> None:
+    """The dispatcher's subscription leaves the channel events of agents without an
+    installation undecoded, by the routes the dispatcher had when it fetched. An agent
+    installed on since then is found when the routes are reloaded, and its events that
+    were left out are taken back: none of them is lost."""
+    device, other = live.tenant.device_id, live.tenant.other_device_id
+    app_id = await live.deploy("probe", probe_files(), schema=PROBE_SCHEMA)
+    await live.run()
+    await live.install(app_id, device, PROBE_CONFIG)  # the dispatcher has not reloaded
+    message_id = await live.publish(device, "sensor_data", {"n": 1})
+    await live.publish(other, "sensor_data", {"n": 2}, token=live.tenant.other_device_token)
+    consumed = await live.dispatcher._read(5.0)  # a fetch by the old routes
+    if live.platform.bus.name == "memory":  # all of it in that one fetch
+        assert consumed >= 3
+        assert live.dispatcher.counters.routed == 1
+
+    async def seen() -> bool:
+        tags = await live.tags(device, "probe")
+        return any(e["handler"] == "on_message_create" for e in tags.get("seen", []))
+
+    await run_until(live, seen)
+    tags = await live.tags(device, "probe")
+    assert [e["event_id"] for e in tags["seen"] if e["handler"] == "on_message_create"] == [
+        message_id
+    ]
+    assert live.dispatcher.counters.skipped >= 1  # the other device's events

@@ -3,6 +3,7 @@ each over SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 
 from fleetcloud.bus.base import Bus, Subscription
@@ -102,3 +103,38 @@ async def test_subscribers_only_see_their_topics(store: Store, bus: Bus) -> None
         await bus.publish([Event(topic, "k", {"t": "Mine"})])
         events = await collect(subscription, 1)
     assert [e.value["t"] for e in events] == ["Mine"]
+
+
+async def test_a_key_filter_leaves_events_out_and_can_give_them_back(
+    store: Store, bus: Bus
+) -> None:
+    """``keep`` leaves other keys' events out (``skipped`` counts them); ``passed_over``
+    gives back, in order, those a changed filter accepts; a commit covers them all."""
+    first, second = await devices(store, 2)
+    group = "filtered_" + secrets.token_hex(4)
+    wanted = str(first)
+    kept: list[Event] = []
+    given_back: list[Event] = []
+    skipped = 0
+    subscription = await bus.subscribe([CHANNEL_EVENTS], group)
+    try:
+        items = [PublishItem(a, "c", {"n": n}, a) for n in range(3) for a in (first, second)]
+        await store.publish(items)
+        async with asyncio.timeout(WAIT):
+            while len(numbers(kept, first)) < 3 or len(numbers(given_back, second)) < 3:
+                kept += await subscription.next_batch(1.0, keep=lambda _, key: key == wanted)
+                skipped += subscription.skipped
+                given_back += subscription.passed_over(lambda _, key: key != wanted)
+        await subscription.commit()
+    finally:
+        await subscription.close()
+    assert numbers(kept, first) == [0, 1, 2]
+    assert {e.key for e in kept} == {wanted}
+    assert numbers(given_back, second) == [0, 1, 2]
+    assert {e.key for e in given_back} == {str(second)}
+    assert skipped >= 1
+    async with await bus.subscribe([CHANNEL_EVENTS], group) as again:
+        await store.publish([PublishItem(second, "c", {"n": 9}, second)])
+        events = await collect(again, 1, "MessageCreate")
+    assert numbers(events, first) == []
+    assert numbers(events, second) == [9]

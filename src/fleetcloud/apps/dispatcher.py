@@ -16,6 +16,11 @@ Both come from the event itself, so they hold on any bus and with any number of
 dispatchers. Events written before aggregate changes named their source and author are
 told apart by their order instead (``Publishes``).
 
+Most channel events concern no app: the subscription leaves out, undecoded, the records
+of agents with no installation (a key filter by the current routes). If the routes
+changed while a batch was on its way, what was left out is checked again against the new
+ones, so an agent's events are never lost to a stale filter.
+
 Deliveries are written to ``app_deliveries`` (the bus offset is committed only after
 that), each with the event's stable id: the bus event id, which is the message id for a
 message. The scheduler, the install path (``on_deployment``), manual invokes and the
@@ -102,6 +107,12 @@ class Routing:
         for route in routes:
             self.by_id[route.installation.id] = route
             self.by_agent.setdefault(route.installation.agent_id, []).append(route)
+        self.keys = frozenset(str(agent_id) for agent_id in self.by_agent)
+
+    def concerns(self, topic: str, key: str) -> bool:
+        """Whether events of this bus key can concern an installation (the subscription's
+        filter: another agent's channel events are left undecoded)."""
+        return topic != CHANNEL_EVENTS or key in self.keys
 
     def deliveries(self, events: Sequence[Event], publishes: Publishes) -> list[Delivery]:
         found: list[Delivery] = []
@@ -217,6 +228,7 @@ class _Open:
 @dataclass
 class Counters:
     events: int = 0
+    skipped: int = 0  # channel events of agents with no installation, left undecoded
     routed: int = 0
     attempts: int = 0
     retried: int = 0
@@ -304,11 +316,13 @@ class Dispatcher:
         self.routing = Routing(await self.store.read(repo.load_routes()))
         self.runtime.clear_scopes()
 
-    async def _refresh(self) -> None:
+    async def _refresh(self) -> bool:
         """Reload the routes if installations changed since they were read (an
         ``app_installations`` event says so too, but the version is what counts)."""
         if await self.store.read(repo.routing_version()) != self._version:
             await self.reload()
+            return True
+        return False
 
     @property
     def pending(self) -> int:
@@ -352,15 +366,25 @@ class Dispatcher:
     # ------------------------------------------------------------ steps
 
     async def _read(self, timeout: float) -> int:
-        """Route one batch of bus events into stored deliveries; returns how many events.
+        """Route one batch of bus events into stored deliveries; returns how many events
+        it consumed.
 
-        A batch whose deliveries could not be stored is tried again (the same deliveries)
-        before anything newer is read."""
+        The subscription leaves out the events of agents with no installation (by the
+        routes as they were before the batch); if the routes changed meanwhile, the left
+        out events the new ones concern are taken back. A batch whose deliveries could
+        not be stored is tried again (the same deliveries) before anything newer is read."""
+        skipped = 0
         if self._unstored is None:
-            batch = await self._opened().subscription.next_batch(timeout)
+            subscription = self._opened().subscription
+            batch = await subscription.next_batch(timeout, keep=self.routing.concerns)
+            skipped = subscription.skipped
+            if (batch or skipped) and await self._refresh() and skipped:
+                batch += subscription.passed_over(self.routing.concerns)
+            self.counters.skipped += skipped
             if not batch:
-                return 0
-            await self._refresh()
+                if skipped:
+                    await self._commit(force=False)
+                return skipped
             self._unstored = (batch, self.routing.deliveries(batch, self.publishes))
         batch, deliveries = self._unstored
         if deliveries:
@@ -373,7 +397,7 @@ class Dispatcher:
         await self._commit(force=bool(deliveries))
         self.counters.events += len(batch)
         self.counters.routed += len(deliveries)
-        return len(batch)
+        return len(batch) + skipped
 
     async def _commit(self, *, force: bool) -> None:
         """Save the bus position: at once after deliveries were stored, else at most every

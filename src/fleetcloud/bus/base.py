@@ -10,19 +10,38 @@ which sees only what is published from then on — what the websocket gateway wa
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from fleetcloud.core.errors import ConfigError
 from fleetcloud.core.types import Event
 from fleetcloud.store.base import Store
 
+KeyFilter = Callable[[str, str], bool]
+"""``keep(topic, key)``: whether a subscriber wants the events of that key."""
+
 
 class Subscription(ABC):
     """A consumer's view of some topics. Use as an async iterator of event batches."""
 
+    skipped = 0  # how many events (or records holding them) the last ``keep`` left out
+
     @abstractmethod
-    async def next_batch(self, timeout: float | None = None) -> list[Event]:
-        """Wait for events (at most ``timeout`` seconds) and return them; [] on timeout."""
+    async def next_batch(
+        self, timeout: float | None = None, *, keep: KeyFilter | None = None
+    ) -> list[Event]:
+        """Wait for events (at most ``timeout`` seconds) and return them; [] on timeout.
+
+        With ``keep``, events whose key it refuses are left out before they are decoded
+        (the cheap way to ignore most of a busy topic); [] is then also returned when all
+        that arrived was left out. They still count as consumed for ``commit``, and
+        ``passed_over`` gives back those of them a changed filter now accepts."""
+
+    def passed_over(self, keep: KeyFilter) -> list[Event]:
+        """The events the last ``next_batch`` left out that ``keep`` accepts, in order.
+
+        For a subscriber whose filter changed while that batch was on its way (the apps
+        dispatcher learning of a new installation): nothing it consumed is lost."""
+        return []
 
     @abstractmethod
     async def commit(self) -> None:

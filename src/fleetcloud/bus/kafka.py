@@ -52,7 +52,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import ConsumerStoppedError, KafkaError
 from aiokafka.protocol.group import LeaveGroupRequest
 
-from fleetcloud.bus.base import Bus, Subscription
+from fleetcloud.bus.base import Bus, KeyFilter, Subscription
 from fleetcloud.core.errors import BusError
 from fleetcloud.core.types import CHANNEL_EVENTS, Event
 from fleetcloud.store import outbox
@@ -104,10 +104,21 @@ def _bus_error(action: str, exc: BaseException) -> BusError:
 def decode_record(record: Any) -> list[Event]:
     """The events a consumer record carries (see "Record format"); none (logged) if it is
     not ours."""
+    return decode_value(record, record_key(record))
+
+
+def record_key(record: Any) -> str:
+    """A record's key as text ("" when it has none or it is not UTF-8)."""
+    try:
+        return record.key.decode() if record.key is not None else ""
+    except UnicodeDecodeError:
+        return ""
+
+
+def decode_value(record: Any, key: str) -> list[Event]:
     try:
         value = orjson.loads(record.value)
-        key = record.key.decode() if record.key is not None else ""
-    except (orjson.JSONDecodeError, UnicodeDecodeError, TypeError):
+    except (orjson.JSONDecodeError, TypeError):
         log.warning("skipping an undecodable record at %s[%d]@%d", *_where(record))
         return []
     if isinstance(value, dict):
@@ -197,19 +208,24 @@ class KafkaSubscription(Subscription):
         self.consumer = consumer
         self.group = group
         self.pending: dict[Any, int] = {}  # partition -> offset after the last one returned
+        self.left_out: list[tuple[str, Any]] = []  # (key, record) the last batch's keep refused
         self.closed = False
 
-    async def next_batch(self, timeout: float | None = None) -> list[Event]:
+    async def next_batch(
+        self, timeout: float | None = None, *, keep: KeyFilter | None = None
+    ) -> list[Event]:
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
+        self.left_out = []
         while not self.closed:
             remaining = WAIT_SLICE_MS if deadline is None else (deadline - loop.time()) * 1000
-            batch = await self._fetch(max(int(remaining), 0))
-            if batch or (deadline is not None and loop.time() >= deadline):
+            batch = await self._fetch(max(int(remaining), 0), keep)
+            self.skipped = len(self.left_out)
+            if batch or self.left_out or (deadline is not None and loop.time() >= deadline):
                 return batch
         return []
 
-    async def _fetch(self, timeout_ms: int) -> list[Event]:
+    async def _fetch(self, timeout_ms: int, keep: KeyFilter | None) -> list[Event]:
         try:
             records = await self.consumer.getmany(timeout_ms=timeout_ms, max_records=MAX_RECORDS)
         except ConsumerStoppedError:
@@ -222,8 +238,20 @@ class KafkaSubscription(Subscription):
                 continue
             self.pending[partition] = batch[-1].offset + 1
             for record in batch:
-                events.extend(decode_record(record))
+                key = record_key(record)
+                if keep is None or keep(record.topic, key):
+                    events.extend(decode_value(record, key))
+                else:  # left undecoded unless passed_over wants it
+                    self.left_out.append((key, record))
         return events
+
+    def passed_over(self, keep: KeyFilter) -> list[Event]:
+        found: list[Event] = []
+        for key, record in self.left_out:
+            if keep(record.topic, key):
+                found.extend(decode_value(record, key))
+        self.left_out = []
+        return found
 
     async def commit(self) -> None:
         if self.group is None or not self.pending:

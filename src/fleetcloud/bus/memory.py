@@ -11,9 +11,9 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
-from fleetcloud.bus.base import Bus, Subscription
+from fleetcloud.bus.base import Bus, KeyFilter, Subscription
 from fleetcloud.core.types import Event
 from fleetcloud.store import outbox
 from fleetcloud.store.base import Store
@@ -37,6 +37,8 @@ class MemorySubscription(Subscription):
         self.wakeup = asyncio.Event()
         self.overflowed = False
         self.closed = False
+        self.keep: KeyFilter | None = None
+        self.left_out: list[Event] = []
 
     def offer(self, position: int, events: Sequence[Event]) -> None:
         # Kept even while catching up: a commit that lands after the table read's snapshot
@@ -52,12 +54,17 @@ class MemorySubscription(Subscription):
             self.live.append((position, events))
         self.wakeup.set()
 
-    async def next_batch(self, timeout: float | None = None) -> list[Event]:
+    async def next_batch(
+        self, timeout: float | None = None, *, keep: KeyFilter | None = None
+    ) -> list[Event]:
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
+        self.keep = keep
+        self.left_out = []
         while not self.closed:
             batch = await self._take()
-            if batch:
+            self.skipped = len(self.left_out)
+            if batch or self.left_out:
                 return batch
             remaining = None if deadline is None else deadline - loop.time()
             if remaining is not None and remaining <= 0:
@@ -76,8 +83,23 @@ class MemorySubscription(Subscription):
             if position <= self.position:
                 continue
             self.position = position
-            batch.extend(e for e in events if e.topic in self.topics)
+            self._sort(events, batch)
         return batch
+
+    def _sort(self, events: Iterable[Event], into: list[Event]) -> None:
+        """Add this subscriber's events to ``into``; those ``keep`` refuses to ``left_out``."""
+        for event in events:
+            if event.topic not in self.topics:
+                continue
+            if self.keep is None or self.keep(event.topic, event.key):
+                into.append(event)
+            else:
+                self.left_out.append(event)
+
+    def passed_over(self, keep: KeyFilter) -> list[Event]:
+        found = [e for e in self.left_out if keep(e.topic, e.key)]
+        self.left_out = []
+        return found
 
     async def _read_table(self) -> list[Event]:
         while True:
@@ -86,8 +108,10 @@ class MemorySubscription(Subscription):
                 self.catching_up = False  # later commits arrive live from here on
                 return await self._take()
             self.position = rows[-1][0]
-            mine = [e for _, events in rows for e in events if e.topic in self.topics]
-            if mine:  # a chunk of other topics' rows is skipped without waiting
+            mine: list[Event] = []
+            for _, events in rows:
+                self._sort(events, mine)
+            if mine or self.left_out:  # a chunk of other topics' rows is skipped at once
                 return mine
 
     async def commit(self) -> None:
