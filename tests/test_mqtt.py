@@ -20,7 +20,7 @@ import pytest
 from fleetcloud.commands import CommandMessage, PusherService, lifecycle
 from fleetcloud.commands.delivery import save_settings
 from fleetcloud.commands.parsers import compact_sensor
-from fleetcloud.connectors import topics
+from fleetcloud.connectors import mqtt, topics
 from fleetcloud.connectors.mosquitto import enroll_token
 from fleetcloud.connectors.mqtt import MqttConnector, MqttOptions
 from fleetcloud.platform import Platform
@@ -381,6 +381,50 @@ async def test_json_uplink_becomes_a_channel_message(rig: Rig) -> None:
         {"temperature": 21},
         {"temperature": 22},
     ]
+
+
+async def test_uplinks_at_qos_0_and_1_all_land_through_the_fast_reader_and_its_pauses(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connector reads QoS 0 publishes itself and leaves the rest to paho; with a tiny
+    inbound limit, reading the broker pauses and resumes again and again. Every reading
+    lands, whole (one of them over 16 KiB: a three-byte length), each QoS in its order."""
+    monkeypatch.setattr(mqtt, "INBOUND_LIMIT", 5)
+    reader = rig.connector._reader
+    assert reader is not None, "the connector's reader did not take over"
+    handle = rig.connector.handle
+
+    async def paused() -> int:
+        return reader.pauses
+
+    async def handle_once_paused(batch: Any) -> None:
+        await eventually(paused)  # the first batch waits for the pile-up to pause reading
+        await handle(batch)
+
+    monkeypatch.setattr(rig.connector, "handle", handle_once_paused)
+    device, token = rig.tenant.device_id, rig.tenant.device_token
+    topic = topics.uplink_topic(device, "mixed")
+    sent = []
+    async with device_client(rig.port, device, token) as client:
+        for n in range(300):
+            reading = {"n": n, "qos": 1 if n % 5 == 0 else 0}
+            if n == 150:
+                reading["pad"] = "x" * 20_000
+            sent.append(reading)
+            await client.publish(topic, orjson.dumps(reading), qos=reading["qos"])
+
+    async def landed() -> list[Any]:
+        channel = await rig.platform.store.read(channel_repo.get_channel(device, "mixed"))
+        if channel is None:
+            return []
+        found = await rig.platform.store.read(channel_repo.list_messages(channel, limit=1000))
+        return [m.data for m in reversed(found)] if len(found) == len(sent) else []
+
+    got = await eventually(landed)
+    for qos in (0, 1):
+        assert [r for r in got if r["qos"] == qos] == [r for r in sent if r["qos"] == qos]
+    assert reader.pauses >= 1
+    assert not reader.paused
 
 
 async def test_uplink_through_the_devices_parser(rig: Rig) -> None:

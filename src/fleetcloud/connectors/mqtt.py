@@ -50,7 +50,7 @@ from fleetcloud.commands.runner import ParserError
 from fleetcloud.commands.service import command_topic_from_env
 from fleetcloud.connectors import topics
 from fleetcloud.connectors.base import Connector
-from fleetcloud.connectors.paho_speedups import buffer_reads, skip_topic_filters
+from fleetcloud.connectors.paho_speedups import Reader, skip_topic_filters
 from fleetcloud.core.errors import ApiError, BusError, ConfigError, FleetError
 from fleetcloud.core.types import Event
 from fleetcloud.platform import Platform
@@ -70,7 +70,8 @@ COMMIT_INTERVAL = 0.2  # seconds between consumer-group commits while busy
 COMMIT_AT_LATEST = 2.0  # … and at most this long, waiting for records if need be
 WINDOW = 16  # a device's publishes awaiting their PUBACK at most
 INBOUND_BATCH = 2_000
-INBOUND_LIMIT = 50_000  # queued inbound messages before the broker loop waits
+INBOUND_LIMIT = 50_000  # queued inbound messages before reading the broker pauses
+TOPIC_MEMORY = 100_000  # parsed topics remembered (devices publish on a few each)
 ACK_STATUSES = {
     "DELIVERED": CommandStatus.DELIVERED,
     "SUCCEEDED": CommandStatus.SUCCEEDED,
@@ -191,6 +192,8 @@ class MqttConnector(Connector):
         self._inbound: deque[Inbound] = deque()
         self._inbound_ready = asyncio.Event()
         self._inbound_room = asyncio.Event()
+        self._reader: Reader | None = None  # the fast reading side of the connection
+        self._topics: dict[str, topics.DeviceTopic | None] = {}
         self.uplinks = 0  # channel messages written from uplinks
         self.dropped = 0  # inbound messages refused (unknown device, bad payload …)
 
@@ -575,17 +578,22 @@ class MqttConnector(Connector):
             connection: Connection | None = None
             try:
                 async with self._client() as client:
-                    buffer_reads(client._client, asyncio.get_running_loop())
+                    reader = Reader(client, asyncio.get_running_loop(), self._file)
+                    self._reader = reader if reader.install() else None
                     skip_topic_filters(client._client)
                     connection = Connection(client)
                     subscriptions = [(t, 1) for t in topics.subscriptions(self.options.prefix)]
                     await client.subscribe(subscriptions)
                     self._connected(connection)
                     backoff = 0.1
-                    await self._receive(client)
+                    if self._reader is not None:
+                        await _until_lost(client)
+                    else:
+                        await self._receive(client)
             except aiomqtt.MqttError as exc:
                 log.warning("MQTT broker %s:%d: %s", self.broker.host, self.broker.port, exc)
             finally:
+                self._reader = None
                 if connection is not None and not connection.lost.done():
                     connection.lost.set_result(None)
                 self.connection = None
@@ -602,29 +610,39 @@ class MqttConnector(Connector):
                 queue.flight.wake.set()
 
     async def _receive(self, client: aiomqtt.Client) -> None:
+        """Read through aiomqtt (when the ``Reader`` could not take over)."""
         pending: asyncio.Queue[aiomqtt.Message] | None = getattr(client, "_queue", None)
         async for message in client.messages:
-            self._file(message)
+            self._file_message(message)
             # Take what has already arrived without a task switch per message.
             while pending is not None and not pending.empty():
-                self._file(pending.get_nowait())
-            self._inbound_ready.set()
+                self._file_message(pending.get_nowait())
             while len(self._inbound) > INBOUND_LIMIT:
                 self._inbound_room.clear()
                 await self._inbound_room.wait()
 
-    def _file(self, message: aiomqtt.Message) -> None:
-        topic = message.topic.value
-        where = topics.parse_topic(topic, self.options.prefix)
-        payload = message.payload
-        if where is None or not isinstance(payload, bytes | bytearray):
+    def _file_message(self, message: aiomqtt.Message) -> None:
+        payload = bytes(message.payload)  # paho's messages carry bytes
+        self._file(message.topic.value, payload, message.qos, bool(message.retain))
+
+    def _file(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        """One message from the broker: queued for ``handle`` (status ones acted on now)."""
+        try:
+            where = self._topics[topic]
+        except KeyError:
+            if len(self._topics) >= TOPIC_MEMORY:
+                self._topics.clear()
+            where = self._topics[topic] = topics.parse_topic(topic, self.options.prefix)
+        if where is None:
             self.dropped += 1
             return
         if where.kind == "status":
-            self._presence(where.agent_id, bytes(payload))
+            self._presence(where.agent_id, payload)
             return
-        inbound = Inbound(where, topic, bytes(payload), message.qos, bool(message.retain))
-        self._inbound.append(inbound)
+        self._inbound.append(Inbound(where, topic, payload, qos, retain))
+        self._inbound_ready.set()
+        if len(self._inbound) > INBOUND_LIMIT and self._reader is not None:
+            self._reader.pause()
 
     def _presence(self, agent_id: int, payload: bytes) -> None:
         """A device said it is online: resend its waiting command now."""
@@ -644,6 +662,8 @@ class MqttConnector(Connector):
                 count = min(len(self._inbound), INBOUND_BATCH)
                 batch = [self._inbound.popleft() for _ in range(count)]
                 self._inbound_room.set()
+                if self._reader is not None and self._reader.paused:
+                    self._reader.resume()
                 try:
                     await self.handle(batch)
                 except FleetError as exc:
@@ -764,6 +784,19 @@ class MqttConnector(Connector):
                 if flight is not None:
                     flight.wake.set()
             await asyncio.sleep(self.options.expiry_interval)
+
+
+async def _until_lost(client: aiomqtt.Client) -> None:
+    """Wait while the client is connected; raise ``MqttError`` when it is not (as reading
+    ``client.messages`` does)."""
+    lost: asyncio.Future[None] = client._disconnected
+    try:
+        await asyncio.shield(lost)
+    except aiomqtt.MqttError:
+        raise
+    except Exception as exc:
+        raise aiomqtt.MqttError(f"disconnected: {exc!r}") from exc
+    raise aiomqtt.MqttError("disconnected")
 
 
 def _ack_mode(command: StoredCommand) -> str:

@@ -1,18 +1,27 @@
 """Speed-ups for the connector's paho-mqtt client (its uplink hot path).
 
 paho reads every packet with at least three ``recv`` calls (the command byte, the length
-bytes one by one, the body) and handles a packet or two per readable event. At tens of
-thousands of small uplinks a second that is most of the connector's time. ``buffer_reads``
-gives one paho client a read buffer: one ``recv`` of up to 64 KiB serves many packets,
-and a readable event handles every complete packet in it (a few hundred at most, then it
-reschedules itself, so other tasks still run).
+bytes one by one, the body), builds an ``MQTTMessage`` for each publish, and aiomqtt then
+wraps that in its own ``Message`` (checking the topic again) and passes it through an
+``asyncio.Queue``. At tens of thousands of small uplinks a second that is most of the
+connector's time. ``Reader`` takes over the reading side of one connected client:
+
+- one ``recv`` of up to 64 KiB serves many packets, and a readable event handles every
+  complete packet in it (a few hundred at most through paho, then it reschedules itself,
+  so other tasks still run);
+- complete QoS 0 ``PUBLISH`` packets at the front of that buffer are parsed here (fixed
+  header, topic, payload: MQTT 3.1.1 §3.3) and handed to ``deliver`` at once; everything
+  else (QoS 1 and 2 publishes, acknowledgements, pings) goes through paho as before, and
+  paho's ``on_message`` calls the same ``deliver``, so messages keep their arrival order;
+- ``pause`` stops reading the socket (the broker then holds what comes, or drops QoS 0
+  messages past its limits) and ``resume`` starts again: the connector's backpressure.
 
 ``skip_topic_filters`` replaces the client's per-topic callback table, which paho walks
 for every message, with an empty one, when nothing is registered in it (the connector
 never registers per-topic callbacks).
 
-Both replace attributes on the instance and only when they are what this module expects
-(paho 2.x); otherwise they leave the client alone. TLS sockets are left alone.
+Both touch the instances only when they are what this module expects (paho 2.x with MQTT
+3.1.1 over plain TCP, aiomqtt 2.x); otherwise they leave the client alone and say so.
 """
 
 from __future__ import annotations
@@ -20,6 +29,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
+from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger("fleetcloud.connectors.mqtt")
@@ -29,6 +40,12 @@ PACKETS_PER_EVENT = 500
 SUCCESS = 0  # paho's MQTTErrorCode values
 AGAIN = -1
 NO_CONNECTION = 4
+MQTT_V5 = 5
+PUBLISH_QOS0 = 0x30  # a PUBLISH's first byte: type 3 in the high nibble, QoS in bits 1-2
+TYPE_AND_QOS = 0xF6  # … ignoring the dup (0x08) and retain (0x01) flags
+
+Deliver = Callable[[str, bytes, int, bool], None]
+"""``deliver(topic, payload, qos, retain)``: one message from the broker."""
 
 
 class _NoFilters:
@@ -50,17 +67,108 @@ def skip_topic_filters(paho: Any) -> bool:
     return True
 
 
-def buffer_reads(paho: Any, loop: asyncio.AbstractEventLoop) -> bool:
-    """Install the read buffer on a connected paho client; False if not installed."""
-    sock = getattr(paho, "_sock", None)
-    needed = ("_packet_read", "_loop_rc_handle", "_sock_recv", "loop_read")
-    if sock is None or isinstance(sock, ssl.SSLSocket) or not all(hasattr(paho, n) for n in needed):
-        return False
-    buffer = bytearray()
+def take_publishes(buffer: bytearray, deliver: Deliver) -> int:
+    """Deliver the complete QoS 0 PUBLISH packets at the start of ``buffer`` (MQTT 3.1.1)
+    and return how many bytes they took; stops at the first packet that is anything
+    else, incomplete, or malformed (paho deals with it). A topic that is not UTF-8 is
+    delivered as ``""``, which no subscription matches."""
+    position, end = 0, len(buffer)
+    while position < end:
+        first = buffer[position]
+        if first & TYPE_AND_QOS != PUBLISH_QOS0:
+            break
+        length, multiplier, index = 0, 1, position + 1
+        while index < end and index - position <= 4:
+            byte = buffer[index]
+            index += 1
+            length += (byte & 0x7F) * multiplier
+            multiplier <<= 7
+            if byte < 0x80:
+                break
+        else:
+            break  # the length is cut off here, or longer than four bytes
+        stop = index + length
+        if stop > end or length < 2:
+            break
+        topic_end = index + 2 + ((buffer[index] << 8) | buffer[index + 1])
+        if topic_end > stop:
+            break
+        try:
+            topic = buffer[index + 2 : topic_end].decode()
+        except UnicodeDecodeError:
+            topic = ""
+        deliver(topic, bytes(buffer[topic_end:stop]), 0, bool(first & 0x01))
+        position = stop
+    return position
 
-    def sock_recv(size: int) -> bytes:
+
+class Reader:
+    """The reading side of one connected aiomqtt client (see the module doc)."""
+
+    def __init__(self, client: Any, loop: asyncio.AbstractEventLoop, deliver: Deliver) -> None:
+        self.client = client
+        self.paho = client._client
+        self.loop = loop
+        self.deliver = deliver
+        self.buffer = bytearray()
+        self.sock: Any = None
+        self.paused = False
+        self.pauses = 0  # times reading paused for backpressure
+
+    def install(self) -> bool:
+        """Take over reading; False (and the client untouched) if it is not as expected."""
+        paho, sock = self.paho, getattr(self.paho, "_sock", None)
+        needed = ("_packet_read", "_loop_rc_handle", "_sock_recv", "loop_read", "_in_packet")
+        if (
+            sock is None
+            or isinstance(sock, ssl.SSLSocket)
+            or getattr(paho, "_protocol", MQTT_V5) == MQTT_V5
+            or not all(hasattr(paho, name) for name in needed)
+            or not isinstance(getattr(self.client, "_disconnected", None), asyncio.Future)
+        ):
+            log.info("MQTT client: reading through paho (no speed-ups for this client)")
+            return False
+        self.sock = sock
+        paho._sock_recv = self._sock_recv
+        paho.loop_read = self._loop_read
+        paho.on_message = self._on_message
+        self.loop.remove_reader(sock.fileno())  # aiomqtt's reader, replaced by ours
+        self.loop.add_reader(sock.fileno(), self._readable)
+        return True
+
+    def pause(self) -> None:
+        if self.paused:
+            return
+        if self._current():
+            self.loop.remove_reader(self.sock.fileno())
+        self.paused = True
+        self.pauses += 1
+
+    def resume(self) -> None:
+        if self.paused and self._current():
+            self.loop.add_reader(self.sock.fileno(), self._readable)
+            self.loop.call_soon(self._readable)  # what the buffer already holds
+        self.paused = False
+
+    def _current(self) -> bool:
+        """Whether the socket we read is still the client's (not closed or replaced)."""
+        return self.sock is not None and self.paho._sock is self.sock
+
+    def _on_message(self, _client: Any, _userdata: Any, message: Any) -> None:
+        self.deliver(message.topic, message.payload, message.qos, bool(message.retain))
+
+    def _readable(self) -> None:
+        # As aiomqtt's own reader: an error here means the connection is gone.
+        try:
+            self._loop_read()
+        except Exception as exc:  # handed to the client, which reports it
+            if not self.client._disconnected.done():
+                self.client._disconnected.set_exception(exc)
+
+    def _sock_recv(self, size: int) -> bytes:
+        buffer = self.buffer
         if not buffer:
-            current = paho._sock
+            current = self.paho._sock
             if current is None:
                 raise ConnectionError("the socket is closed")
             data = current.recv(READ_SIZE)  # raises BlockingIOError when there is none
@@ -71,10 +179,19 @@ def buffer_reads(paho: Any, loop: asyncio.AbstractEventLoop) -> bool:
         del buffer[:size]
         return chunk
 
-    def loop_read(max_packets: int = 1) -> int:
+    def _loop_read(self, max_packets: int = 1) -> int:
+        paho, buffer = self.paho, self.buffer
         for _ in range(PACKETS_PER_EVENT):
+            if self.paused:
+                return SUCCESS
             if paho._sock is None:
                 return NO_CONNECTION
+            if buffer and paho._in_packet["command"] == 0:
+                taken = take_publishes(buffer, self.deliver)
+                if taken:
+                    del buffer[:taken]
+                    paho._last_bytes_received = time.monotonic()
+                    continue
             rc = paho._packet_read()
             if rc > 0:
                 result: int = paho._loop_rc_handle(rc)
@@ -82,9 +199,5 @@ def buffer_reads(paho: Any, loop: asyncio.AbstractEventLoop) -> bool:
             if rc == AGAIN and not buffer:
                 return SUCCESS
         if buffer:  # more complete packets wait in the buffer: come back soon
-            loop.call_soon(loop_read)
+            self.loop.call_soon(self._readable)
         return SUCCESS
-
-    paho._sock_recv = sock_recv
-    paho.loop_read = loop_read
-    return True
