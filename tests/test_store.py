@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +18,7 @@ from fleetcloud.store import channels as repo
 from fleetcloud.store.base import Store
 from fleetcloud.store.channels import AggregateItem, PublishItem
 from fleetcloud.store.schema import LATEST_VERSION
+from fleetcloud.store.sqlite import SqliteStore
 
 
 async def device(store: Store) -> tuple[int, int]:
@@ -217,3 +221,20 @@ async def test_channel_settings(store: Store) -> None:
     assert again.is_private
     names = [c.name for c in await store.read(repo.list_channels(agent_id))]
     assert names == ["secret"]
+
+
+async def test_sqlite_checkpoints_in_the_background(tmp_path: Path) -> None:
+    """The WAL is copied into the database file by the checkpointer thread, not left to a
+    commit: what was written shows in the file itself (read ignoring the WAL) well before
+    the writer's own limit of pages could be reached."""
+    path = tmp_path / "fleetcloud.db"
+    async with SqliteStore(str(path)) as store:
+        organisation = await store.create_organisation("checkpointed")
+        agent = await store.create_agent(organisation.id, AgentKind.DEVICE, "d")
+        await store.publish([PublishItem(agent.id, "c", {"n": n}, agent.id) for n in range(50)])
+        async with asyncio.timeout(30):
+            while store.checkpoints == 0:  # noqa: ASYNC110 - set by another thread
+                await asyncio.sleep(0.05)
+        with contextlib.closing(sqlite3.connect(f"file:{path}?immutable=1", uri=True)) as file:
+            (count,) = file.execute("SELECT count(*) FROM messages").fetchone()
+        assert count == 50

@@ -4,6 +4,13 @@ One writer thread owns the write connection and commits work in groups; reads ru
 small pool of reader threads with their own connections, which WAL lets proceed while
 the writer writes. A committed transaction survives the process being killed
 (``synchronous=NORMAL`` only risks the last commits on power loss, not on a crash).
+
+Checkpoints (copying the WAL back into the database file, with its ``fsync``) run on a
+checkpointer thread of their own, ``PASSIVE`` so that they never block the writer, about
+every ``CHECKPOINT_SECONDS`` while commits come. Left to SQLite, every thousandth page
+written would make one commit wait tens of milliseconds for a checkpoint, and everything
+queued behind it too. The writer still checkpoints by itself past ``WAL_LIMIT_PAGES``, so
+the WAL stays bounded if the checkpointer cannot keep up (a long read holding it back).
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ T = TypeVar("T")
 log = logging.getLogger("fleetcloud.store.sqlite")
 
 GROUP_LIMIT = 512  # units of work committed together at most
+CHECKPOINT_SECONDS = 0.5
+WAL_LIMIT_PAGES = 16_384  # 64 MiB of 4 KiB pages
 _STOP = object()
 
 
@@ -78,6 +87,10 @@ class SqliteStore(Store):
         self._reader_count = readers
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
+        self._checkpointer: threading.Thread | None = None
+        self._committed = threading.Event()  # set by the writer, cleared by the checkpointer
+        self._stopping = threading.Event()
+        self.checkpoints = 0  # background checkpoints done
         self._readers: ThreadPoolExecutor | None = None
         self._local = threading.local()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -89,6 +102,11 @@ class SqliteStore(Store):
             target=self._write_loop, name="fleetcloud-sqlite-writer", daemon=True
         )
         self._writer.start()
+        self._stopping.clear()
+        self._checkpointer = threading.Thread(
+            target=self._checkpoint_loop, name="fleetcloud-sqlite-checkpointer", daemon=True
+        )
+        self._checkpointer.start()
         self._readers = ThreadPoolExecutor(self._reader_count, "fleetcloud-sqlite-reader")
 
     async def close(self) -> None:
@@ -96,6 +114,11 @@ class SqliteStore(Store):
             self._queue.put(_STOP)
             await asyncio.to_thread(self._writer.join)
             self._writer = None
+        if self._checkpointer is not None:
+            self._stopping.set()
+            self._committed.set()
+            await asyncio.to_thread(self._checkpointer.join)
+            self._checkpointer = None
         if self._readers is not None:
             self._readers.shutdown(wait=True)
             self._readers = None
@@ -154,6 +177,7 @@ class SqliteStore(Store):
 
     def _write_loop(self) -> None:
         conn = connect(self.path)
+        conn.execute(f"PRAGMA wal_autocheckpoint={WAL_LIMIT_PAGES}")
         try:
             while True:
                 first = self._queue.get()
@@ -188,6 +212,7 @@ class SqliteStore(Store):
                 )
                 position = cursor.lastrowid or 0
             conn.execute("COMMIT")
+            self._committed.set()
         except sqlite3.Error as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
@@ -196,6 +221,25 @@ class SqliteStore(Store):
             events = []
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._settle, outcomes, position, events)
+
+    def _checkpoint_loop(self) -> None:
+        conn = connect(self.path)
+        try:
+            while True:
+                self._committed.wait()
+                if self._stopping.is_set():
+                    return
+                # let commits gather: a checkpoint copies a page once however often it changed
+                if self._stopping.wait(CHECKPOINT_SECONDS):
+                    return
+                self._committed.clear()
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    self.checkpoints += 1
+                except sqlite3.Error as exc:
+                    log.warning("WAL checkpoint failed (the writer will do it): %s", exc)
+        finally:
+            conn.close()
 
     def _run_job(
         self, conn: sqlite3.Connection, work: Work[Any], future: Any, events: list[Event]
