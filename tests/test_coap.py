@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,28 +29,14 @@ from fleetcloud.connectors.mqtt import MqttConnector, MqttOptions
 from fleetcloud.core.errors import ConfigError
 from fleetcloud.platform import Platform
 from fleetcloud.store import channels as channel_repo
+from tests.commands_kit import DEADLINE, CommandReads, eventually
 from tests.conftest import Tenant
 from tests.servers.coap import DeviceServer, device_server, free_udp_port
 from tests.servers.mosquitto import broker_for, mosquitto_broker
 
-DEADLINE = 30.0
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = DEADLINE) -> Any:
-    """Poll ``check`` until it returns something truthy (or fail at the deadline)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if loop.time() > deadline:
-            raise AssertionError(f"not true within {timeout} s (last: {value!r})")
-        await asyncio.sleep(0.05)
-
 
 @dataclass
-class Rig:
+class Rig(CommandReads):
     platform: Platform
     tenant: Tenant
     connector: CoapConnector
@@ -77,18 +63,6 @@ class Rig:
     ) -> aiocoap.Message:
         body = orjson.dumps({"request_id": request_id, "status": status, **extra})
         return await self.request(Code.POST, "/ack", body, token=token)
-
-    async def status(self, request_id: str) -> str | None:
-        command = await self.platform.store.read(lifecycle.get(request_id))
-        return None if command is None else command.status.value
-
-    async def until(self, request_id: str, *statuses: str) -> lifecycle.StoredCommand:
-        async def reached() -> lifecycle.StoredCommand | None:
-            command = await self.platform.store.read(lifecycle.get(request_id))
-            return command if command is not None and command.status.value in statuses else None
-
-        result: lifecycle.StoredCommand = await eventually(reached)
-        return result
 
     async def push(self, device_id: int | None = None, *, taken: bool = True, **fields: Any) -> str:
         """Push a command; with ``taken``, return once the connector has seen it (as a

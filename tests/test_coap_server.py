@@ -3,7 +3,6 @@ CLI, and a device played by the third-party client ``coap-client-notls`` (libcoa
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,10 +13,10 @@ import httpx
 import pytest
 
 from fleetcloud.connectors import coap_wire as wire
+from tests.commands_kit import until_statuses
 from tests.servers.coap import coap_client, free_udp_port
 from tests.servers.fleetcloud import Server, cli, cli_json
 
-DEADLINE = 30.0
 pytestmark = pytest.mark.slow
 
 
@@ -73,22 +72,8 @@ def setup_headers(setup: Setup) -> dict[str, str]:
     return {"Authorization": f"Bearer {setup.admin_token}"}
 
 
-def statuses(server: Server, setup: Setup) -> dict[str, str]:
-    found = json.loads(
-        cli("commands", setup.device, "--url", server.url, "--token", setup.admin_token, "--json")
-    )
-    return {c["request_id"]: c["status"] for c in found}
-
-
 async def until(server: Server, setup: Setup, wanted: dict[str, str]) -> None:
-    deadline = asyncio.get_running_loop().time() + DEADLINE
-    while True:
-        now = await asyncio.to_thread(statuses, server, setup)
-        if all(now.get(k) == v for k, v in wanted.items()):
-            return
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"statuses {now} never became {wanted}")
-        await asyncio.sleep(0.2)
+    await until_statuses(server, setup.device, setup.admin_token, wanted)
 
 
 def push(server: Server, setup: Setup, payload: dict[str, Any]) -> str:

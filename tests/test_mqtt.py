@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import struct
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,27 +25,13 @@ from fleetcloud.connectors.mosquitto import enroll_token
 from fleetcloud.connectors.mqtt import MqttConnector, MqttOptions
 from fleetcloud.platform import Platform
 from fleetcloud.store import channels as channel_repo
+from tests.commands_kit import DEADLINE, CommandReads, eventually
 from tests.conftest import Tenant
 from tests.servers.mosquitto import Broker, broker_for, mosquitto_broker
 
-DEADLINE = 30.0
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = DEADLINE) -> Any:
-    """Poll ``check`` until it returns something truthy (or fail at the deadline)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if loop.time() > deadline:
-            raise AssertionError(f"not true within {timeout} s (last: {value!r})")
-        await asyncio.sleep(0.05)
-
 
 @dataclass
-class Rig:
+class Rig(CommandReads):
     platform: Platform
     tenant: Tenant
     broker: Broker
@@ -54,18 +40,6 @@ class Rig:
     @property
     def port(self) -> int:
         return self.broker.port
-
-    async def status(self, request_id: str) -> str | None:
-        command = await self.platform.store.read(lifecycle.get(request_id))
-        return None if command is None else command.status.value
-
-    async def until(self, request_id: str, *statuses: str) -> lifecycle.StoredCommand:
-        async def reached() -> lifecycle.StoredCommand | None:
-            command = await self.platform.store.read(lifecycle.get(request_id))
-            return command if command is not None and command.status.value in statuses else None
-
-        result: lifecycle.StoredCommand = await eventually(reached)
-        return result
 
     async def push(self, device_id: int, **fields: Any) -> str:
         defaults: dict[str, Any] = {

@@ -16,10 +16,10 @@ import pytest
 
 from fleetcloud.commands import create_pusher_service
 from fleetcloud.connectors import topics
+from tests.commands_kit import DEADLINE, until_statuses
 from tests.servers.fleetcloud import Server, cli, cli_json
 from tests.servers.mosquitto import Broker, free_port, mosquitto_broker
 
-DEADLINE = 30.0
 pytestmark = pytest.mark.slow
 
 
@@ -83,22 +83,8 @@ def serving(setup: Setup, *extra: str) -> Iterator[Server]:
         server.stop()
 
 
-def statuses(server: Server, setup: Setup) -> dict[str, str]:
-    found = json.loads(
-        cli("commands", setup.device, "--url", server.url, "--token", setup.admin_token, "--json")
-    )
-    return {c["request_id"]: c["status"] for c in found}
-
-
 async def until(server: Server, setup: Setup, wanted: dict[str, str]) -> None:
-    deadline = asyncio.get_running_loop().time() + DEADLINE
-    while True:
-        now = await asyncio.to_thread(statuses, server, setup)
-        if all(now.get(k) == v for k, v in wanted.items()):
-            return
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"statuses {now} never became {wanted}")
-        await asyncio.sleep(0.2)
+    await until_statuses(server, setup.device, setup.admin_token, wanted)
 
 
 async def receive(setup: Setup, count: int) -> list[dict[str, object]]:

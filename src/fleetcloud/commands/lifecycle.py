@@ -267,16 +267,11 @@ def _devices(device_ids: Iterable[str]) -> Work[dict[str, tuple[int, int, int]]]
     return found
 
 
-def _new_command(
-    message: CommandMessage, device: tuple[int, int, int] | None, author_id: int | None, at: int
-) -> StoredCommand:
-    agent_id, organisation_id, organisation_agent = device or (None, None, None)
+def stored(message: CommandMessage, **where: Any) -> StoredCommand:
+    """``message`` as a ``StoredCommand``; ``where`` gives the fields the message does not
+    have (``seq``, ``organisation_id``, ``agent_id``, ``author_id``, ``status`` …)."""
     return StoredCommand(
         request_id=message.request_id,
-        seq=new_id(),
-        organisation_id=organisation_id,
-        agent_id=agent_id,
-        author_id=author_id if author_id is not None else organisation_agent,
         device_id=message.device_id,
         command_type=message.command_type,
         protocol=message.protocol,
@@ -285,6 +280,20 @@ def _new_command(
         metadata=message.metadata,
         timestamp_ms=message.timestamp_ms,
         expires_ms=message.expires_ms,
+        **where,
+    )
+
+
+def _new_command(
+    message: CommandMessage, device: tuple[int, int, int] | None, author_id: int | None, at: int
+) -> StoredCommand:
+    agent_id, organisation_id, organisation_agent = device or (None, None, None)
+    return stored(
+        message,
+        seq=new_id(),
+        organisation_id=organisation_id,
+        agent_id=agent_id,
+        author_id=author_id if author_id is not None else organisation_agent,
         status=CommandStatus.QUEUED if device else CommandStatus.FAILED,
         reason=None if device else UNKNOWN_DEVICE,
         created_ms=at,

@@ -835,20 +835,12 @@ def _provisional(
     device = devices.get(int(message.device_id)) if message.device_id.isdigit() else None
     if device is None:
         return None
-    return StoredCommand(
-        request_id=message.request_id,
+    return lifecycle.stored(
+        message,
         seq=0,
         organisation_id=device.organisation_id,
         agent_id=device.agent_id,
         author_id=None,
-        device_id=message.device_id,
-        command_type=message.command_type,
-        protocol=message.protocol,
-        parser_script_ref=message.parser_script_ref,
-        payload=message.payload,
-        metadata=message.metadata,
-        timestamp_ms=message.timestamp_ms,
-        expires_ms=message.expires_ms,
         status=CommandStatus.QUEUED,
     )
 
