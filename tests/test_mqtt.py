@@ -362,7 +362,7 @@ async def test_uplinks_at_qos_0_and_1_all_land_through_the_fast_reader_and_its_p
 ) -> None:
     """The connector reads QoS 0 publishes itself and leaves the rest to paho; with a tiny
     inbound limit, reading the broker pauses and resumes again and again. Every reading
-    lands, whole (one of them over 16 KiB: a three-byte length), each QoS in its order."""
+    lands, whole (one of them larger than the read buffer), each QoS in its order."""
     monkeypatch.setattr(mqtt, "INBOUND_LIMIT", 5)
     reader = rig.connector._reader
     assert reader is not None, "the connector's reader did not take over"
@@ -382,8 +382,8 @@ async def test_uplinks_at_qos_0_and_1_all_land_through_the_fast_reader_and_its_p
     async with device_client(rig.port, device, token) as client:
         for n in range(300):
             reading = {"n": n, "qos": 1 if n % 5 == 0 else 0}
-            if n == 150:
-                reading["pad"] = "x" * 20_000
+            if n in (150, 151):  # one of each QoS
+                reading["pad"] = "x" * 150_000  # past the 64 KiB read buffer
             sent.append(reading)
             await client.publish(topic, orjson.dumps(reading), qos=reading["qos"])
 
