@@ -131,18 +131,25 @@ def decode_value(record: Any, key: str) -> list[Event]:
 
 def encode_records(events: Sequence[Event]) -> list[tuple[str, bytes, bytes]]:
     """``(topic, key, value)`` records for ``events``, grouped by key on
-    ``GROUPED_TOPICS`` (each key's events in their order), one per event elsewhere."""
+    ``GROUPED_TOPICS`` (each key's events in their order), one per event elsewhere.
+
+    A key's group is encoded as one JSON array in one call; only a group larger than
+    ``RECORD_BYTES`` is encoded event by event, to be split."""
     records: list[tuple[str, bytes, bytes]] = []
-    groups: dict[tuple[str, str], list[bytes]] = {}
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for event in events:
-        value = orjson.dumps(event.value)
         if event.topic in GROUPED_TOPICS:
-            groups.setdefault((event.topic, event.key), []).append(value)
+            groups.setdefault((event.topic, event.key), []).append(event.value)
         else:
-            records.append((event.topic, event.key.encode(), value))
+            records.append((event.topic, event.key.encode(), orjson.dumps(event.value)))
     for (topic, key), values in groups.items():
         encoded = key.encode()
-        records.extend((topic, encoded, value) for value in _joined(values))
+        whole = orjson.dumps(values[0] if len(values) == 1 else values)
+        if len(whole) <= RECORD_BYTES or len(values) == 1:
+            records.append((topic, encoded, whole))
+        else:
+            parts = _joined([orjson.dumps(value) for value in values])
+            records.extend((topic, encoded, part) for part in parts)
     return records
 
 
