@@ -18,6 +18,17 @@ def test_ids_are_unique_and_time_ordered() -> None:
     assert ids == sorted(ids)
 
 
+def test_ids_taken_in_blocks_are_unique_and_ordered_with_the_others() -> None:
+    generator = SnowflakeGenerator(node=5)
+    ids = [generator.next_id()]
+    for size in (1, 0, 5_000, 3, 9_000):  # blocks past 4,096 borrow the next millisecond
+        ids += generator.next_ids(size)
+        ids.append(generator.next_id())
+    assert len(ids) == 1 + 14_004 + 5
+    assert len(set(ids)) == len(ids)
+    assert ids == sorted(ids)
+
+
 def test_id_timestamp_is_recoverable() -> None:
     before = int(time.time() * 1000)
     snowflake = new_id()

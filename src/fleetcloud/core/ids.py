@@ -55,6 +55,24 @@ class SnowflakeGenerator:
             self._last_ms = now
             return self._compose(now, self._sequence)
 
+    def next_ids(self, count: int) -> list[int]:
+        """``count`` ids as ``next_id`` would give them one by one, for one lock."""
+        with self._lock:
+            now = int(time.time() * 1000)
+            if now <= self._last_ms:
+                now, sequence = self._last_ms, self._sequence
+            else:
+                sequence = -1
+            ids = []
+            for _ in range(count):
+                sequence += 1
+                if sequence > MAX_SEQUENCE:  # as next_id: borrow the next millisecond
+                    now, sequence = now + 1, 0
+                ids.append(self._compose(now, sequence))
+            if ids:
+                self._last_ms, self._sequence = now, sequence
+            return ids
+
     def id_at(self, ms: int) -> int:
         """An id stamped with a caller-given time (a message's own ``ts``).
 
@@ -80,6 +98,11 @@ _default = SnowflakeGenerator()
 def new_id() -> int:
     """A fresh snowflake id from this process's generator."""
     return _default.next_id()
+
+
+def new_ids(count: int) -> list[int]:
+    """``count`` fresh ids, in order, from this process's generator."""
+    return _default.next_ids(count)
 
 
 def id_at(ms: int) -> int:

@@ -6,13 +6,13 @@ emits ``MessageCreate`` / ``AggregateUpdate`` events through the outbox with it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from fleetcloud.core import jsonish
 from fleetcloud.core.errors import ApiError, NotFound
-from fleetcloud.core.ids import id_at, new_id, timestamp_ms
+from fleetcloud.core.ids import id_at, new_id, new_ids, timestamp_ms
 from fleetcloud.core.merge import apply_update, merge_patch
 from fleetcloud.core.schemas import validate
 from fleetcloud.core.types import CHANNEL_EVENTS, Channel, Event, Message
@@ -300,8 +300,14 @@ class _Batch:
     aggregate once per message.
     """
 
-    def __init__(self, channels: dict[ChannelKey, Channel], existing: set[tuple[int, int]]):
+    def __init__(
+        self,
+        channels: dict[ChannelKey, Channel],
+        existing: set[tuple[int, int]],
+        fresh_ids: Iterator[int],
+    ):
         self.channels = channels
+        self.fresh_ids = fresh_ids  # ids for the messages that bring none
         self.existing = existing
         self.before = {key: channel.aggregate for key, channel in channels.items()}
         self.touched: dict[ChannelKey, Channel] = {}
@@ -319,7 +325,7 @@ class _Batch:
                 # a retry of a message we already have
                 return PublishResult(item.agent_id, item.channel_name, message_id)
         else:
-            message_id = new_id() if item.ts is None else id_at(item.ts)
+            message_id = next(self.fresh_ids) if item.ts is None else id_at(item.ts)
         data = item.data
         try:
             self._merge(key, channel, data)
@@ -373,7 +379,8 @@ def publish(items: Sequence[PublishItem]) -> Work[list[PublishResult]]:
     by_key = {(c.agent_id, c.name): c.id for c in channels.values()}
     given = [(by_key[(i.agent_id, i.channel_name)], i.message_id) for i in items if i.message_id]
     existing = (yield from _existing_ids(given)) if given else set()
-    batch = _Batch(channels, existing)
+    unnamed = sum(1 for i in items if i.message_id is None and i.ts is None)
+    batch = _Batch(channels, existing, iter(new_ids(unnamed)))
     results = [batch.add(item) for item in items]
     if batch.rows:
         yield ExecuteMany(
