@@ -6,7 +6,11 @@ from __future__ import annotations
 import asyncio
 import secrets
 
+import pytest
+
 from fleetcloud.bus.base import Bus, Subscription
+from fleetcloud.connectors.base import Committer
+from fleetcloud.core.errors import StoreError
 from fleetcloud.core.types import CHANNEL_EVENTS, AgentKind, Event
 from fleetcloud.store.base import Store
 from fleetcloud.store.channels import PublishItem
@@ -74,6 +78,65 @@ async def test_a_group_resumes_after_its_commit(store: Store, bus: Bus) -> None:
     async with await bus.subscribe([CHANNEL_EVENTS], group) as resumed:
         events = await collect(resumed, 5, "MessageCreate")
     assert numbers(events, agent) == list(range(5, 10))
+
+
+async def test_a_mark_commits_what_was_returned_before_it_and_never_goes_back(
+    store: Store, bus: Bus
+) -> None:
+    """A consumer that handles events in the background commits a mark taken earlier:
+    the group resumes right after the mark, not after what was read since, and an
+    older mark committed late does not move the group back."""
+    [agent] = await devices(store, 1)
+    group = "g-" + secrets.token_hex(4)
+    async with await bus.subscribe([CHANNEL_EVENTS], group) as subscription:
+        await store.publish([PublishItem(agent, "c", {"n": n}, agent) for n in range(3)])
+        assert numbers(await collect(subscription, 3, "MessageCreate"), agent) == [0, 1, 2]
+        early = subscription.mark()
+        await store.publish([PublishItem(agent, "c", {"n": n}, agent) for n in range(3, 6)])
+        assert numbers(await collect(subscription, 3, "MessageCreate"), agent) == [3, 4, 5]
+        await subscription.commit(early)
+    async with await bus.subscribe([CHANNEL_EVENTS], group) as resumed:
+        assert numbers(await collect(resumed, 3, "MessageCreate"), agent) == [3, 4, 5]
+        later = resumed.mark()
+        await resumed.commit(later)
+        await resumed.commit(early)  # late and older: changes nothing
+    await store.publish([PublishItem(agent, "c", {"n": 6}, agent)])
+    async with await bus.subscribe([CHANNEL_EVENTS], group) as last:
+        assert numbers(await collect(last, 1, "MessageCreate"), agent) == [6]
+
+
+async def test_a_committer_commits_only_what_is_written_and_raises_a_failed_write(
+    store: Store, bus: Bus
+) -> None:
+    [agent] = await devices(store, 1)
+    group = "g-" + secrets.token_hex(4)
+    loop = asyncio.get_running_loop()
+    first_write, failed_write = loop.create_future(), loop.create_future()
+    async with await bus.subscribe([CHANNEL_EVENTS], group) as subscription:
+        committer = Committer(subscription, interval=0)
+        await store.publish([PublishItem(agent, "c", {"n": n}, agent) for n in range(2)])
+        assert numbers(await collect(subscription, 2, "MessageCreate"), agent) == [0, 1]
+        committer.taken([first_write])
+        await store.publish([PublishItem(agent, "c", {"n": n}, agent) for n in range(2, 4)])
+        assert numbers(await collect(subscription, 2, "MessageCreate"), agent) == [2, 3]
+        committer.taken([])
+        committer.poll()  # nothing is written yet: nothing to commit
+        await committer.close()
+    async with await bus.subscribe([CHANNEL_EVENTS], group) as again:
+        assert numbers(await collect(again, 4, "MessageCreate"), agent) == [0, 1, 2, 3]
+        committer = Committer(again, interval=0)
+        committer.taken([first_write])
+        first_write.set_result(None)
+        committer.poll()  # commits up to here: both marks are written
+        await committer.close()
+    await store.publish([PublishItem(agent, "c", {"n": 4}, agent)])
+    async with await bus.subscribe([CHANNEL_EVENTS], group) as resumed:
+        assert numbers(await collect(resumed, 1, "MessageCreate"), agent) == [4]
+        committer = Committer(resumed, interval=0)
+        committer.taken([failed_write])
+        failed_write.set_exception(StoreError("disk full"))
+        with pytest.raises(StoreError, match="disk full"):
+            committer.poll()
 
 
 async def test_uncommitted_events_are_delivered_again(store: Store, bus: Bus) -> None:

@@ -19,6 +19,9 @@ from fleetcloud.store.base import Store
 KeyFilter = Callable[[str, str], bool]
 """``keep(topic, key)``: whether a subscriber wants the events of that key."""
 
+Mark = object
+"""A subscription's position (``Subscription.mark``); only its own ``commit`` reads it."""
+
 
 class Subscription(ABC):
     """A consumer's view of some topics. Use as an async iterator of event batches."""
@@ -44,8 +47,16 @@ class Subscription(ABC):
         return []
 
     @abstractmethod
-    async def commit(self) -> None:
-        """Record that every event returned so far has been handled (groups only)."""
+    def mark(self) -> Mark:
+        """Where this subscription is now: every event returned so far. A consumer that
+        handles events in the background commits a mark once they are handled, and goes
+        on reading meanwhile."""
+
+    @abstractmethod
+    async def commit(self, mark: Mark | None = None) -> None:
+        """Record that every event up to ``mark`` (by default, every event returned so
+        far) has been handled (groups only). A mark older than the last commit changes
+        nothing."""
 
     @abstractmethod
     async def close(self) -> None: ...

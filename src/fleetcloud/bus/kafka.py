@@ -52,7 +52,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import ConsumerStoppedError, KafkaError
 from aiokafka.protocol.group import LeaveGroupRequest
 
-from fleetcloud.bus.base import Bus, KeyFilter, Subscription
+from fleetcloud.bus.base import Bus, KeyFilter, Mark, Subscription
 from fleetcloud.core.errors import BusError
 from fleetcloud.core.types import CHANNEL_EVENTS, Event
 from fleetcloud.store import outbox
@@ -214,7 +214,8 @@ class KafkaSubscription(Subscription):
         self.bus = bus
         self.consumer = consumer
         self.group = group
-        self.pending: dict[Any, int] = {}  # partition -> offset after the last one returned
+        self.returned: dict[Any, int] = {}  # partition -> offset after the last one returned
+        self.committed: dict[Any, int] = {}  # partition -> offset committed by this consumer
         self.left_out: list[tuple[str, Any]] = []  # (key, record) the last batch's keep refused
         self.closed = False
 
@@ -243,7 +244,7 @@ class KafkaSubscription(Subscription):
         for partition, batch in records.items():
             if not batch:
                 continue
-            self.pending[partition] = batch[-1].offset + 1
+            self.returned[partition] = batch[-1].offset + 1
             for record in batch:
                 key = record_key(record)
                 if keep is None or keep(record.topic, key):
@@ -260,22 +261,33 @@ class KafkaSubscription(Subscription):
         self.left_out = []
         return found
 
-    async def commit(self) -> None:
-        if self.group is None or not self.pending:
+    def mark(self) -> Mark:
+        return dict(self.returned)
+
+    async def commit(self, mark: Mark | None = None) -> None:
+        positions = self.returned if mark is None else mark
+        assert isinstance(positions, dict), "a mark of another subscription"
+        if self.group is None:
             return
         # Partitions a rebalance took away are no longer ours to commit: their new owner
         # starts after the last commit, so it sees those events again (at-least-once).
         assigned = self.consumer.assignment()
-        offsets = {tp: offset for tp, offset in self.pending.items() if tp in assigned}
-        self.pending = {}
+        for gone in [p for p in self.returned if p not in assigned]:
+            self.returned.pop(gone, None)
+            self.committed.pop(gone, None)
+        offsets = {
+            partition: offset
+            for partition, offset in positions.items()
+            if partition in assigned and offset > self.committed.get(partition, -1)
+        }
         if not offsets:
             return
         try:
             await self.consumer.commit(offsets)
-        except KafkaError as exc:
-            for partition, offset in offsets.items():  # keep them for the next attempt
-                self.pending.setdefault(partition, offset)
+        except KafkaError as exc:  # not recorded: the next commit includes them again
             raise _bus_error(f"commit for group {self.group!r}", exc) from exc
+        for partition, offset in offsets.items():
+            self.committed[partition] = max(self.committed.get(partition, -1), offset)
 
     async def close(self) -> None:
         if self.closed:

@@ -13,7 +13,7 @@ import logging
 from collections import deque
 from collections.abc import Iterable, Sequence
 
-from fleetcloud.bus.base import Bus, KeyFilter, Subscription
+from fleetcloud.bus.base import Bus, KeyFilter, Mark, Subscription
 from fleetcloud.core.types import Event
 from fleetcloud.store import outbox
 from fleetcloud.store.base import Store
@@ -114,11 +114,16 @@ class MemorySubscription(Subscription):
             if mine or self.left_out:  # a chunk of other topics' rows is skipped at once
                 return mine
 
-    async def commit(self) -> None:
-        if self.group is None or self.position == self.committed:
+    def mark(self) -> Mark:
+        return self.position
+
+    async def commit(self, mark: Mark | None = None) -> None:
+        position = self.position if mark is None else mark
+        assert isinstance(position, int), "a mark of another subscription"
+        if self.group is None or position <= self.committed:
             return
-        await self.bus.store.write(outbox.set_offset(self.group, self.position))
-        self.committed = self.position
+        await self.bus.store.write(outbox.set_offset(self.group, position))
+        self.committed = max(self.committed, position)
 
     async def close(self) -> None:
         self.closed = True

@@ -12,9 +12,11 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Coroutine
 from typing import Any, Protocol, Self
 
+from fleetcloud.bus.base import Mark, Subscription
 from fleetcloud.commands.delivery import Delivery, SettingsCache
 from fleetcloud.commands.runner import ParserRunner
 from fleetcloud.commands.scripts import ParserLibrary
@@ -23,6 +25,7 @@ from fleetcloud.core.errors import FleetError
 from fleetcloud.platform import Platform
 
 log = logging.getLogger("fleetcloud.connectors")
+CLOSE_TIMEOUT = 5.0  # seconds a stopping committer waits for its commit in flight
 
 
 class PipelineOptions(Protocol):
@@ -105,3 +108,48 @@ class Connector:
 
     async def _consume(self) -> None:
         raise NotImplementedError
+
+
+class Committer:
+    """Commits a consumer group's progress in the background: a mark of what was taken
+    is committed once the writes that recording it started are done (every earlier
+    mark's too), at most every ``interval`` seconds and one commit at a time. Consuming
+    never waits for the database or for the broker's commit round trip.
+
+    ``poll`` raises the failure of a write or of the last commit: the consumer then
+    starts again from the last commit, and recording what it reads again is idempotent."""
+
+    def __init__(self, subscription: Subscription, interval: float) -> None:
+        self.subscription = subscription
+        self.interval = interval
+        self._waiting: deque[tuple[Mark, list[asyncio.Future[Any]]]] = deque()
+        self._ready: list[Mark] = []  # the newest mark whose writes are done, if any
+        self._commit: asyncio.Future[None] | None = None
+        self._started = time.monotonic()
+
+    def taken(self, writes: list[asyncio.Future[Any]]) -> None:
+        """Everything the subscription returned so far is handled once ``writes`` are."""
+        self._waiting.append((self.subscription.mark(), writes))
+
+    def poll(self) -> None:
+        """Start a commit if one is due."""
+        if self._commit is not None and self._commit.done():
+            commit, self._commit = self._commit, None
+            commit.result()
+        while self._waiting and all(write.done() for write in self._waiting[0][1]):
+            mark, writes = self._waiting.popleft()
+            for write in writes:
+                write.result()
+            self._ready[:] = [mark]
+        due = time.monotonic() - self._started >= self.interval
+        if self._ready and self._commit is None and due:
+            self._started = time.monotonic()
+            self._commit = asyncio.ensure_future(self.subscription.commit(self._ready.pop()))
+
+    async def close(self) -> None:
+        """Let a commit in flight finish (for a few seconds at most: what it would have
+        recorded is only read again later)."""
+        if self._commit is not None:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError, FleetError):
+                await asyncio.wait_for(self._commit, CLOSE_TIMEOUT)
+            self._commit = None

@@ -32,7 +32,6 @@ import asyncio
 import contextlib
 import logging
 import socket
-import time
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -49,7 +48,7 @@ from fleetcloud.commands.lifecycle import Change, StoredCommand
 from fleetcloud.commands.runner import ParserError
 from fleetcloud.commands.service import command_topic_from_env
 from fleetcloud.connectors import topics
-from fleetcloud.connectors.base import Connector
+from fleetcloud.connectors.base import Committer, Connector
 from fleetcloud.connectors.paho_speedups import Reader, skip_topic_filters
 from fleetcloud.core.errors import ApiError, BusError, ConfigError, FleetError
 from fleetcloud.core.types import Event
@@ -67,7 +66,6 @@ GROUP = "mqtt-connector"
 PUBLISH_TIMEOUT = 10.0
 HANDLED_MEMORY = 100_000  # delivered request ids the reconciler skips
 COMMIT_INTERVAL = 0.2  # seconds between consumer-group commits while busy
-COMMIT_AT_LATEST = 2.0  # … and at most this long, waiting for records if need be
 WINDOW = 16  # a device's publishes awaiting their PUBACK at most
 INBOUND_BATCH = 2_000
 INBOUND_LIMIT = 50_000  # queued inbound messages before reading the broker pauses
@@ -219,28 +217,22 @@ class MqttConnector(Connector):
             [self.options.command_topic], self.options.group, from_beginning=True
         )
         async with subscription:
-            committed = time.monotonic()
-            unwritten: list[asyncio.Future[Any]] = []
-            while events := await subscription.next_batch(timeout=0):  # catch up first
-                unwritten += await self.take(events)
-            self.loaded.set()
-            while True:
-                events = await subscription.next_batch(timeout=COMMIT_INTERVAL)
-                if events:
-                    unwritten += await self.take(events)
-                # Commit only what is recorded. Recording is idempotent, so committing late
-                # is safe (a restart re-reads those records): commit when every record so
-                # far is written, and wait for them only if that has not happened for a while.
-                since = time.monotonic() - committed
-                written = all(future.done() for future in unwritten)
-                if (since >= COMMIT_INTERVAL and written) or since >= COMMIT_AT_LATEST:
-                    await asyncio.gather(*unwritten)
-                    unwritten.clear()
-                    await subscription.commit()
-                    committed = time.monotonic()
-                if not events and getattr(subscription, "closed", False):
-                    raise BusError(f"the subscription to {self.options.command_topic} closed")
-                await asyncio.sleep(0)  # stay cancellable whatever the bus returns
+            committer = Committer(subscription, COMMIT_INTERVAL)
+            try:
+                while events := await subscription.next_batch(timeout=0):  # catch up first
+                    committer.taken(await self.take(events))
+                    committer.poll()
+                self.loaded.set()
+                while True:
+                    events = await subscription.next_batch(timeout=COMMIT_INTERVAL)
+                    if events:
+                        committer.taken(await self.take(events))
+                    committer.poll()
+                    if not events and getattr(subscription, "closed", False):
+                        raise BusError(f"the subscription to {self.options.command_topic} closed")
+                    await asyncio.sleep(0)  # stay cancellable whatever the bus returns
+            finally:
+                await committer.close()
 
     async def _reconcile_loop(self) -> None:
         """Every ``reconcile_interval``, queue QUEUED commands this connector has not
