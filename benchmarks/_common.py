@@ -101,6 +101,20 @@ def cpu_seconds(pid: int, tid: int | None = None) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def pid_running(fragment: str) -> int | None:
+    """The process whose command line contains ``fragment`` (the first one found)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if fragment in command:
+            return int(entry.name)
+    return None
+
+
 def system_busy() -> float:
     """CPU seconds the whole machine has spent busy so far (all cores)."""
     fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]

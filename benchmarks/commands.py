@@ -60,6 +60,7 @@ from benchmarks._common import (
     load_average,
     machine,
     percentile,
+    pid_running,
     system_busy,
     write_docs,
 )
@@ -307,8 +308,14 @@ def statuses(database: Path) -> dict[str, int]:
 
 
 async def command_phases(
-    options: argparse.Namespace, fleet: Fleet, kafka: str, mqtt_port: int, secret: str, pid: int
+    options: argparse.Namespace,
+    fleet: Fleet,
+    kafka: str,
+    mqtt_port: int,
+    secret: str,
+    processes: dict[str, int],
 ) -> dict[str, Any]:
+    pid = processes["server"]
     pusher = PusherService(kafka_bootstrap_servers=kafka, command_topic="device_commands")
     if not await pusher.initialize():
         raise RuntimeError("cannot reach the Kafka broker")
@@ -327,7 +334,10 @@ async def command_phases(
                     f"steady {target}/s for {options.seconds:g} s (server pid {pid}) …", flush=True
                 )
                 before, busy, began = cpu_seconds(pid), system_busy(), time.perf_counter()
+                each = {name: cpu_seconds(p) for name, p in processes.items()}
                 rate = await steady(pusher, observer, fleet.devices, target, options.seconds)
+                took = time.perf_counter() - began
+                rate["cores"] = {n: (cpu_seconds(p) - each[n]) / took for n, p in processes.items()}
                 rate["rate"] = target
                 rate["server_cpu_ms"] = (cpu_seconds(pid) - before) * 1000 / rate["pushed"]
                 rate["machine_busy"] = (system_busy() - busy) / (time.perf_counter() - began)
@@ -399,6 +409,13 @@ def markdown(figures: dict[str, Any], options: argparse.Namespace, command: str)
             f"| Mosquitto raw, same publishers → one aiomqtt subscriber (Python, no work) | "
             f"{raw_py['rate']:,.0f} msg/s ({raw_py['received']:,}/{raw_py['count']:,}) "
             f"| uplink / this: {share_py:.0%} |",
+            "",
+            *(
+                f"CPU in use during the steady {r['rate']:,}/s phase, in cores: "
+                + ", ".join(f"{name} {cores:.2f}" for name, cores in r["cores"].items())
+                + "."
+                for r in steady
+            ),
             "",
             f"Final statuses: {figures['statuses']}. Load average (1/5/15 min) after each "
             f"phase: steady {', '.join(r['load'] for r in steady)}; burst {ceiling['load']}; "
@@ -482,9 +499,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             server.start()
             assert server.process is not None
             pid = server.process.pid
+            processes = {"server": pid, "load generator": os.getpid()}
+            for name, fragment in (("tansu", kafka.removeprefix("kafka://")),
+                                   ("Mosquitto", str(written["config"]))):  # fmt: skip
+                if (found := pid_running(fragment)) is not None:
+                    processes[name] = found
             try:
                 figures.update(
-                    asyncio.run(command_phases(options, fleet, kafka, mqtt_port, secret, pid))
+                    asyncio.run(command_phases(options, fleet, kafka, mqtt_port, secret, processes))
                 )
                 print(f"uplinks: {options.uplinks} …", flush=True)
                 figures["uplink"] = uplink_rate(

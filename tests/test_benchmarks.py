@@ -57,6 +57,7 @@ def test_the_commands_benchmark_runs_and_every_command_and_uplink_arrives() -> N
         assert phase["received"] == phase["pushed"]
     assert figures["burst"]["received"] == figures["burst"]["pushed"] > 0
     assert set(figures["statuses"]) == {"DELIVERED"}
+    assert {"server", "load generator", "tansu", "Mosquitto"} <= set(figures["steady"][0]["cores"])
     assert figures["uplink"]["landed"] == figures["uplink"]["count"] > 0
     assert figures["raw"]["complete"]
     assert "| MQTT uplink → channel messages" in printed  # the Markdown it would write
@@ -74,3 +75,11 @@ def test_the_jobs_benchmark_runs_and_every_agent_runs_the_job_once() -> None:
     assert figures["wake_p50_ms"] is not None
     assert figures["plain_poll_p99_ms"] is not None
     assert "Check after the run: passed" in printed  # the Markdown it would write
+
+
+def test_the_broker_benchmark_reports_the_delay_of_records_it_produced() -> None:
+    figures, printed = quick_run("tansu")
+    [report] = figures["2"]
+    assert report["p50_ms"] > 0
+    assert report["broker_cores"] > 0
+    assert "delay p50" in printed
