@@ -40,7 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -314,12 +314,17 @@ async def command_phases(
     mqtt_port: int,
     secret: str,
     processes: dict[str, int],
+    rates: Sequence[int],
+    *,
+    ceiling: bool,
 ) -> dict[str, Any]:
+    """A warm-up, then a steady phase at each of ``rates``, then the burst if ``ceiling``."""
     pid = processes["server"]
     pusher = PusherService(kafka_bootstrap_servers=kafka, command_topic="device_commands")
     if not await pusher.initialize():
         raise RuntimeError("cannot reach the Kafka broker")
     observer = Observer()
+    figures: dict[str, Any] = {"steady": []}
     async with aiomqtt.Client(
         "127.0.0.1", mqtt_port, username="fleetcloud-connector", password=secret,
         identifier="bench-observer", max_queued_incoming_messages=0,
@@ -328,8 +333,7 @@ async def command_phases(
         try:
             await asyncio.sleep(0.5)
             await steady(pusher, observer, fleet.devices, 50, 2.0)  # warm everything up
-            rates = []
-            for target in options.rates:
+            for target in rates:
                 print(
                     f"steady {target}/s for {options.seconds:g} s (server pid {pid}) …", flush=True
                 )
@@ -340,18 +344,45 @@ async def command_phases(
                 rate["cores"] = {n: (cpu_seconds(p) - each[n]) / took for n, p in processes.items()}
                 rate["rate"] = target
                 rate["server_cpu_ms"] = (cpu_seconds(pid) - before) * 1000 / rate["pushed"]
-                rate["machine_busy"] = (system_busy() - busy) / (time.perf_counter() - began)
-                rates.append(rate)
-            print(f"burst of {options.burst} …", flush=True)
-            before = cpu_seconds(pid)
-            ceiling = await burst(pusher, observer, fleet.devices, options.burst)
-            ceiling["server_cpu_ms"] = (cpu_seconds(pid) - before) * 1000 / ceiling["pushed"]
+                rate["machine_busy"] = (system_busy() - busy) / took
+                figures["steady"].append(rate)
+            if ceiling:
+                print(f"burst of {options.burst} …", flush=True)
+                before = cpu_seconds(pid)
+                result = await burst(pusher, observer, fleet.devices, options.burst)
+                result["server_cpu_ms"] = (cpu_seconds(pid) - before) * 1000 / result["pushed"]
+                figures["burst"] = result
         finally:
             watching.cancel()
             with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
                 await watching
             await pusher.close()
-    return {"steady": rates, "burst": ceiling}
+    return figures
+
+
+@contextlib.contextmanager
+def platform(
+    fleet: Fleet, broker: dict[str, Any], directory: Path
+) -> Iterator[tuple[str, dict[str, int]]]:
+    """A fresh tansu broker and ``fleetcloud serve`` on the fleet's database, connected
+    to it and to Mosquitto; yields the broker's URL and the pids whose CPU is reported."""
+    with tansu_broker() as kafka:
+        server = Server(
+            f"sqlite:///{fleet.database}",
+            extra=("--bus", kafka, "--mqtt-url", str(broker["connector_url"])),
+            log=directory / "server.log",
+        )
+        server.start()
+        try:
+            assert server.process is not None
+            processes = {"server": server.process.pid, "load generator": os.getpid()}
+            for name, fragment in (("tansu", kafka.removeprefix("kafka://")),
+                                   ("Mosquitto", str(broker["config"]))):  # fmt: skip
+                if (found := pid_running(fragment)) is not None:
+                    processes[name] = found
+            yield kafka, processes
+        finally:
+            server.stop()
 
 
 def markdown(figures: dict[str, Any], options: argparse.Namespace, command: str) -> str:
@@ -377,6 +408,8 @@ def markdown(figures: dict[str, Any], options: argparse.Namespace, command: str)
             "counted in the database, next to the same publishers' raw rate through the broker:",
             "the same publisher processes and lines (about 40 bytes each), QoS 0 end to end and",
             "one subscribing client in both cases (the connector's connection; `mosquitto_sub`).",
+            "Each steady rate runs on a fresh broker and server (tansu's memory storage reads",
+            "more slowly as its log grows: `benchmarks.tansu`), and so do the burst and uplinks.",
             "Server CPU is the server process's user + system time per command or message.",
             "",
             f"`{command}` — {about['date']}, {about['nproc']} cores ({about['cpu']}), "
@@ -487,31 +520,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             "--port", str(mqtt_port), *run_as, "--database", f"sqlite:///{fleet.database}",
         )  # fmt: skip
         secret = str(written["connector_url"]).split(":")[2].split("@")[0]
-        with (
-            tansu_broker() as kafka,
-            mosquitto_broker(Path(written["config"]), mqtt_port),
-        ):
-            server = Server(
-                f"sqlite:///{fleet.database}",
-                extra=("--bus", kafka, "--mqtt-url", str(written["connector_url"])),
-                log=directory / "server.log",
-            )
-            server.start()
-            assert server.process is not None
-            pid = server.process.pid
-            processes = {"server": pid, "load generator": os.getpid()}
-            for name, fragment in (("tansu", kafka.removeprefix("kafka://")),
-                                   ("Mosquitto", str(written["config"]))):  # fmt: skip
-                if (found := pid_running(fragment)) is not None:
-                    processes[name] = found
-            try:
-                figures.update(
-                    asyncio.run(command_phases(options, fleet, kafka, mqtt_port, secret, processes))
-                )
+        uplinkers = Fleet(fleet.database, fleet.organisation, options.devices_for_uplinks)
+        with mosquitto_broker(Path(written["config"]), mqtt_port):
+            # Each steady rate on a fresh broker: tansu's memory storage reads more slowly
+            # as its log grows (``benchmarks.tansu``), so a phase must not pay for the
+            # batches of the ones before it.
+            figures["steady"] = []
+            for rate in options.rates:
+                with platform(fleet, written, directory) as (kafka, processes):
+                    figures["steady"] += asyncio.run(command_phases(
+                        options, fleet, kafka, mqtt_port, secret, processes, [rate],
+                        ceiling=False,
+                    ))["steady"]  # fmt: skip
+            with platform(fleet, written, directory) as (kafka, processes):
+                figures["burst"] = asyncio.run(command_phases(
+                    options, fleet, kafka, mqtt_port, secret, processes, [], ceiling=True
+                ))["burst"]  # fmt: skip
                 print(f"uplinks: {options.uplinks} …", flush=True)
                 figures["uplink"] = uplink_rate(
-                    Fleet(fleet.database, fleet.organisation, options.devices_for_uplinks),
-                    mqtt_port, "fleetcloud-connector", secret, options.uplinks, pid,
+                    uplinkers, mqtt_port, "fleetcloud-connector", secret, options.uplinks,
+                    processes["server"],
                 )  # fmt: skip
                 figures["raw"] = raw_rate(
                     mqtt_port, "fleetcloud-connector", secret, options.devices_for_uplinks,
@@ -521,8 +549,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                     mqtt_port, "fleetcloud-connector", secret, options.devices_for_uplinks,
                     options.uplinks,
                 ))  # fmt: skip
-            finally:
-                server.stop()
         figures["statuses"] = statuses(fleet.database)
     figures["problems"] = problems(figures)
     section = markdown(figures, options, command)
