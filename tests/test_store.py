@@ -238,3 +238,57 @@ async def test_sqlite_checkpoints_in_the_background(tmp_path: Path) -> None:
         with contextlib.closing(sqlite3.connect(f"file:{path}?immutable=1", uri=True)) as file:
             (count,) = file.execute("SELECT count(*) FROM messages").fetchone()
         assert count == 50
+
+
+async def test_command_history_survives_its_rekeying_by_seq(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Migration 201 moves each transition of an existing database from the old table
+    (found by ``request_id``) to the new one (keyed by the command's ``seq``)."""
+    import fleetcloud.store.postgres
+    import fleetcloud.store.sqlite
+    from fleetcloud.commands import lifecycle
+    from fleetcloud.commands.core.models import CommandStatus
+    from fleetcloud.store import open_store
+    from fleetcloud.store.ops import ExecuteMany, Op, Work, placeholders
+    from fleetcloud.store.schema import all_migrations
+
+    def run(*ops: Op) -> Work[None]:
+        for op in ops:  # noqa: UP028 - the store sends each result in: a tuple cannot take it
+            yield op
+
+    before = tuple(m for m in all_migrations() if m.version != 201)
+    for module in (fleetcloud.store.sqlite, fleetcloud.store.postgres):
+        monkeypatch.setattr(module, "all_migrations", lambda: before)
+    async with open_store(database_url) as old:
+        _, agent_id = await device(old)
+        commands, history = [], []
+        for n, request_id in enumerate(("r-one", "r-two")):
+            commands.append(
+                (request_id, 1000 + n, None, agent_id, None, str(agent_id), "reboot", "mqtt",
+                 "json", "{}", "{}", 1, None, "DELIVERED", None, 1, 1, 1)
+            )  # fmt: skip
+            for step, status in enumerate(("QUEUED", "SENT", "DELIVERED")):
+                history.append((10 * n + step, request_id, status, None, 100 + step))
+        await old.write(
+            run(
+                ExecuteMany(
+                    f"INSERT INTO commands ({lifecycle.COLUMNS}) VALUES ({placeholders(18)})",  # noqa: S608 - constant columns
+                    commands,
+                ),
+                ExecuteMany(
+                    "INSERT INTO command_history (id, request_id, status, reason, at_ms) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    history,
+                ),
+            )
+        )
+    monkeypatch.undo()
+    async with open_store(database_url) as migrated:
+        assert await migrated.schema_version() == LATEST_VERSION
+        for request_id in ("r-one", "r-two"):
+            entries = await migrated.read(lifecycle.history(request_id))
+            assert [entry.status for entry in entries] == [
+                CommandStatus.QUEUED, CommandStatus.SENT, CommandStatus.DELIVERED,
+            ]  # fmt: skip
+            assert [entry.at_ms for entry in entries] == [100, 101, 102]

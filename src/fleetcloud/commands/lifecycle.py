@@ -117,7 +117,7 @@ class HistoryEntry:
 @dataclass(slots=True)
 class _Applied:
     rows: list[tuple[Any, ...]] = field(default_factory=list)
-    history: list[tuple[int, str, str, str | None, int]] = field(default_factory=list)
+    history: list[tuple[int, int, str, str | None, int]] = field(default_factory=list)
     messages: list[PublishItem] = field(default_factory=list)
 
 
@@ -187,7 +187,8 @@ def get(request_id: str) -> Work[StoredCommand | None]:
 
 def history(request_id: str) -> Work[list[HistoryEntry]]:
     rows = yield Fetch(
-        "SELECT status, reason, at_ms FROM command_history WHERE request_id = ? ORDER BY id",
+        "SELECT h.status, h.reason, h.at_ms FROM commands c "
+        "JOIN command_history h ON h.seq = c.seq WHERE c.request_id = ? ORDER BY h.id",
         (request_id,),
     )
     return [HistoryEntry(CommandStatus(s), r, int(at)) for s, r, at in rows]
@@ -355,7 +356,7 @@ def record(
 
 
 def _note(applied: _Applied, command: StoredCommand, at: int) -> None:
-    applied.history.append((new_id(), command.request_id, command.status.value, command.reason, at))
+    applied.history.append((command.seq, new_id(), command.status.value, command.reason, at))
     if command.agent_id is not None:
         author = command.author_id if command.author_id is not None else command.agent_id
         applied.messages.append(
@@ -366,8 +367,7 @@ def _note(applied: _Applied, command: StoredCommand, at: int) -> None:
 def _save(applied: _Applied) -> Work[None]:
     if applied.history:
         yield ExecuteMany(
-            "INSERT INTO command_history (id, request_id, status, reason, at_ms) "
-            "VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO command_history (seq, id, status, reason, at_ms) VALUES (?, ?, ?, ?, ?)",
             applied.history,
         )
     if applied.messages:

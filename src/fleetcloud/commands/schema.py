@@ -6,7 +6,7 @@ from fleetcloud, so the store can import it without a cycle; each entry is
 
 - ``commands``: one row per command, its current status and why; ``seq`` (a snowflake
   id given when the command is recorded) orders a device's commands.
-- ``command_history``: every transition, in order.
+- ``command_history``: every transition, in order, keyed by its command's ``seq``.
 - ``command_parsers``: parser scripts uploaded by an organisation, by reference.
 - ``command_devices``: a device's parser settings (uplink parser and its ``config``).
 - ``mqtt_credentials``: Mosquitto password hashes of device tokens (tokens themselves are
@@ -71,6 +71,41 @@ _V200 = (
     )""",
 )
 
+# History keyed by its command's ``seq`` (a snowflake, so rows go in near the end of the
+# key space) instead of an index on ``request_id`` (random UUIDs: every row written
+# touched a random page of that index).
+_V201_COPY = (
+    "INSERT INTO command_history (seq, id, status, reason, at_ms) "
+    "SELECT c.seq, h.id, h.status, h.reason, h.at_ms FROM command_history_by_id h "
+    "JOIN commands c ON c.request_id = h.request_id"
+)
+_V201_SQLITE = (
+    "ALTER TABLE command_history RENAME TO command_history_by_id",
+    """CREATE TABLE command_history (
+        seq BIGINT NOT NULL,
+        id BIGINT NOT NULL,
+        status TEXT NOT NULL,
+        reason TEXT,
+        at_ms BIGINT NOT NULL,
+        PRIMARY KEY (seq, id)
+    ) WITHOUT ROWID""",
+    _V201_COPY,
+    "DROP TABLE command_history_by_id",
+)
+_V201_POSTGRES = (
+    "ALTER TABLE command_history RENAME TO command_history_by_id",
+    """CREATE TABLE command_history (
+        seq BIGINT NOT NULL,
+        id BIGINT NOT NULL,
+        status TEXT NOT NULL,
+        reason TEXT,
+        at_ms BIGINT NOT NULL,
+        PRIMARY KEY (seq, id)
+    )""",
+    _V201_COPY,
+    "DROP TABLE command_history_by_id",
+)
+
 MIGRATIONS: tuple[tuple[int, str, tuple[str, ...], tuple[str, ...]], ...] = (
     (
         200,
@@ -78,4 +113,5 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...], tuple[str, ...]], ...] = (
         _V200,
         _V200,
     ),
+    (201, "command history keyed by the command's seq", _V201_SQLITE, _V201_POSTGRES),
 )
