@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
+import io
 import json
 import os
 import sqlite3
@@ -40,12 +42,14 @@ import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiomqtt
+import httpx
 import orjson
 from tests.servers.fleetcloud import Server
 from tests.servers.kafka import tansu_broker
@@ -74,12 +78,42 @@ class Fleet:
     database: Path
     organisation: str
     devices: list[str]
+    token: str = ""
 
 
 def create_fleet(directory: Path, devices: int) -> Fleet:
     database = directory / "fleet.db"
     organisation, ids = create_devices(f"sqlite:///{database}", devices)
-    return Fleet(database, str(organisation["organisation_id"]), ids)
+    return Fleet(database, str(organisation["organisation_id"]), ids, str(organisation["token"]))
+
+
+IDLE_APP = """
+def handler(event, context):
+    return None
+"""
+
+
+def install_an_app(url: str, fleet: Fleet) -> None:
+    """A processor on the fleet's last device, subscribed to a channel nothing here
+    writes: with an app installed anywhere, the apps dispatcher reads every channel event
+    (those of other devices left undecoded) instead of a gulp every half second."""
+    package = io.BytesIO()
+    with zipfile.ZipFile(package, "w") as archive:
+        archive.writestr("src/idle/__init__.py", IDLE_APP)
+    entry = {"name": "idle", "type": "PRO", "handler": "src.idle.handler"}
+    body = {
+        "doover_config": {"idle": entry},
+        "package": base64.b64encode(package.getvalue()).decode(),
+    }
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {fleet.token}"}) as http:
+        app = http.post("/api/apps", json=body)
+        app.raise_for_status()
+        installed = http.post(
+            f"/api/apps/{app.json()['id']}/installations",
+            json={"agent_id": fleet.devices[-1], "config": {"dv_proc_subscriptions": ["idle"]}},
+        )
+        if installed.status_code != 409:  # 409: installed by an earlier phase already
+            installed.raise_for_status()
 
 
 # ---------------------------------------------------------------- commands
@@ -362,7 +396,7 @@ async def command_phases(
 
 @contextlib.contextmanager
 def platform(
-    fleet: Fleet, broker: dict[str, Any], directory: Path
+    fleet: Fleet, broker: dict[str, Any], directory: Path, *, app: bool = False
 ) -> Iterator[tuple[str, dict[str, int]]]:
     """A fresh tansu broker and ``fleetcloud serve`` on the fleet's database, connected
     to it and to Mosquitto; yields the broker's URL and the pids whose CPU is reported."""
@@ -374,6 +408,8 @@ def platform(
         )
         server.start()
         try:
+            if app:
+                install_an_app(server.url, fleet)
             assert server.process is not None
             processes = {"server": server.process.pid, "load generator": os.getpid()}
             for name, fragment in (("tansu", kafka.removeprefix("kafka://")),
@@ -410,6 +446,9 @@ def markdown(figures: dict[str, Any], options: argparse.Namespace, command: str)
             "one subscribing client in both cases (the connector's connection; `mosquitto_sub`).",
             "Each steady rate runs on a fresh broker and server (tansu's memory storage reads",
             "more slowly as its log grows: `benchmarks.tansu`), and so do the burst and uplinks.",
+            "With `--app`, one app is installed first (on a device the load does not touch):",
+            "the apps dispatcher then reads every channel event back, as in a deployment with",
+            "apps; without it, no app is installed and the dispatcher reads in gulps.",
             "Server CPU is the server process's user + system time per command or message.",
             "",
             f"`{command}` — {about['date']}, {about['nproc']} cores ({about['cpu']}), "
@@ -493,6 +532,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--burst", type=int, default=10_000)
     parser.add_argument("--uplinks", type=int, default=100_000)
     parser.add_argument("--publishers", type=int, default=4)
+    parser.add_argument(
+        "--app",
+        action="store_true",
+        help="install an app on one device first: the apps dispatcher then reads every "
+        "channel event, as in a deployment with apps",
+    )
     parser.add_argument("--quick", action="store_true", help="a smoke run")
     parser.add_argument("--no-write", action="store_true", help="do not update the docs")
     parser.add_argument("--json", action="store_true", help="end with the figures as JSON")
@@ -527,12 +572,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             # batches of the ones before it.
             figures["steady"] = []
             for rate in options.rates:
-                with platform(fleet, written, directory) as (kafka, processes):
+                with platform(fleet, written, directory, app=options.app) as (kafka, processes):
                     figures["steady"] += asyncio.run(command_phases(
                         options, fleet, kafka, mqtt_port, secret, processes, [rate],
                         ceiling=False,
                     ))["steady"]  # fmt: skip
-            with platform(fleet, written, directory) as (kafka, processes):
+            with platform(fleet, written, directory, app=options.app) as (kafka, processes):
                 figures["burst"] = asyncio.run(command_phases(
                     options, fleet, kafka, mqtt_port, secret, processes, [], ceiling=True
                 ))["burst"]  # fmt: skip

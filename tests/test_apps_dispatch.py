@@ -358,3 +358,43 @@ async def test_backpressure_stops_reading_and_loses_nothing(live: Live, tmp_path
     log = await live.invocations(installation["id"])
     runs = [i["event_id"] for i in log if i["handler"] == "on_message_create"]
     assert len(runs) == len(set(runs)) == events  # each event once: none dropped, none twice
+
+
+async def test_with_no_app_installed_it_reads_in_gulps_and_routes_a_new_one(
+    live: Live, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing on the bus concerns an app while none is installed anywhere: the
+    dispatcher reads about twice a second instead of at every event. An app installed
+    then gets the events that follow, and at most those of the last gulp before it."""
+    device = live.tenant.device_id
+    idle = Dispatcher(live.platform, api_url=live.url, settings=make_settings(tmp_path))
+    async with idle.running():
+        assert not idle.routing.by_id
+        subscription = idle._opened().subscription
+        reads = 0
+        read = subscription.next_batch
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            nonlocal reads
+            reads += 1
+            return await read(*args, **kwargs)
+
+        monkeypatch.setattr(subscription, "next_batch", counted)
+        before = []
+        for n in range(40):  # an event every 25 ms for a second
+            before.append(await live.publish(device, "sensor_data", {"n": n}))
+            await asyncio.sleep(0.025)
+        assert reads <= 5  # (a read per event would be about 40)
+        await install_probe(live)
+        message_id = await live.publish(device, "sensor_data", {"temperature": 4})
+        for _ in range(300):
+            seen = [
+                e["event_id"]
+                for e in handled(await live.tags(device, "probe"), "on_message_create")
+            ]
+            if message_id in seen:
+                break
+            await asyncio.sleep(0.1)
+    assert message_id in seen
+    assert len(seen) == len(set(seen))
+    assert set(seen) <= {message_id, *before[10:]}  # read and skipped before the install
