@@ -321,6 +321,23 @@ def uplink_rate(
     }
 
 
+def settled(database: Path, timeout: float = 60.0) -> float:
+    """Wait until the server is done with what came before (every command's status
+    recorded, every event relayed), so that it is not counted in the next phase; returns
+    the seconds it took."""
+    start = time.perf_counter()
+    while time.perf_counter() - start < timeout:
+        with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as conn:
+            busy = conn.execute(
+                "SELECT (SELECT count(*) FROM outbox) + (SELECT count(*) FROM commands "
+                "WHERE status IN ('QUEUED', 'SENT'))"
+            ).fetchone()[0]
+        if busy == 0:
+            break
+        time.sleep(0.05)
+    return time.perf_counter() - start
+
+
 def relayed(database: Path, timeout: float = 60.0) -> float:
     """When the outbox is empty (every event relayed to Kafka), or the timeout passed."""
     deadline = time.perf_counter() + timeout
@@ -491,7 +508,9 @@ def markdown(figures: dict[str, Any], options: argparse.Namespace, command: str)
             "",
             f"Final statuses: {figures['statuses']}. Load average (1/5/15 min) after each "
             f"phase: steady {', '.join(r['load'] for r in steady)}; burst {ceiling['load']}; "
-            f"uplink {uplink['load']}. Problems found: "
+            f"uplink {uplink['load']}. The uplinks started once the burst was fully recorded "
+            f"and relayed ({figures['settle_s']:.1f} s after its last command arrived). "
+            "Problems found: "
             f"{'; '.join(figures['problems']) or 'none'}.",
         ]
     )
@@ -581,6 +600,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 figures["burst"] = asyncio.run(command_phases(
                     options, fleet, kafka, mqtt_port, secret, processes, [], ceiling=True
                 ))["burst"]  # fmt: skip
+                figures["settle_s"] = settled(fleet.database)
                 print(f"uplinks: {options.uplinks} …", flush=True)
                 figures["uplink"] = uplink_rate(
                     uplinkers, mqtt_port, "fleetcloud-connector", secret, options.uplinks,
