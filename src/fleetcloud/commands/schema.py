@@ -79,32 +79,18 @@ _V201_COPY = (
     "SELECT c.seq, h.id, h.status, h.reason, h.at_ms FROM command_history_by_id h "
     "JOIN commands c ON c.request_id = h.request_id"
 )
-_V201_SQLITE = (
-    "ALTER TABLE command_history RENAME TO command_history_by_id",
-    """CREATE TABLE command_history (
+_V201_TABLE = """CREATE TABLE command_history (
         seq BIGINT NOT NULL,
         id BIGINT NOT NULL,
         status TEXT NOT NULL,
         reason TEXT,
         at_ms BIGINT NOT NULL,
         PRIMARY KEY (seq, id)
-    ) WITHOUT ROWID""",
-    _V201_COPY,
-    "DROP TABLE command_history_by_id",
-)
-_V201_POSTGRES = (
-    "ALTER TABLE command_history RENAME TO command_history_by_id",
-    """CREATE TABLE command_history (
-        seq BIGINT NOT NULL,
-        id BIGINT NOT NULL,
-        status TEXT NOT NULL,
-        reason TEXT,
-        at_ms BIGINT NOT NULL,
-        PRIMARY KEY (seq, id)
-    )""",
-    _V201_COPY,
-    "DROP TABLE command_history_by_id",
-)
+    )"""
+_V201_RENAME = "ALTER TABLE command_history RENAME TO command_history_by_id"
+_V201_DROP = "DROP TABLE command_history_by_id"
+_V201_SQLITE = (_V201_RENAME, _V201_TABLE + " WITHOUT ROWID", _V201_COPY, _V201_DROP)
+_V201_POSTGRES = (_V201_RENAME, _V201_TABLE, _V201_COPY, _V201_DROP)
 
 MIGRATIONS: tuple[tuple[int, str, tuple[str, ...], tuple[str, ...]], ...] = (
     (
