@@ -321,32 +321,36 @@ def uplink_rate(
     }
 
 
-def settled(database: Path, timeout: float = 60.0) -> float:
+def until_none(database: Path, count_sql: str, timeout: float = 60.0) -> float:
+    """Wait until ``count_sql`` counts nothing in the server's database (or the timeout
+    passed); returns the ``perf_counter`` time it ended."""
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as conn:
+            if conn.execute(count_sql).fetchone()[0] == 0:
+                break
+        time.sleep(0.05)
+    return time.perf_counter()
+
+
+def settled(database: Path) -> float:
     """Wait until the server is done with what came before (every command's status
     recorded, every event relayed), so that it is not counted in the next phase; returns
     the seconds it took."""
     start = time.perf_counter()
-    while time.perf_counter() - start < timeout:
-        with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as conn:
-            busy = conn.execute(
-                "SELECT (SELECT count(*) FROM outbox) + (SELECT count(*) FROM commands "
-                "WHERE status IN ('QUEUED', 'SENT'))"
-            ).fetchone()[0]
-        if busy == 0:
-            break
-        time.sleep(0.05)
-    return time.perf_counter() - start
+    return (
+        until_none(
+            database,
+            "SELECT (SELECT count(*) FROM outbox) + "
+            "(SELECT count(*) FROM commands WHERE status IN ('QUEUED', 'SENT'))",
+        )
+        - start
+    )
 
 
-def relayed(database: Path, timeout: float = 60.0) -> float:
+def relayed(database: Path) -> float:
     """When the outbox is empty (every event relayed to Kafka), or the timeout passed."""
-    deadline = time.perf_counter() + timeout
-    while time.perf_counter() < deadline:
-        with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as conn:
-            if conn.execute("SELECT count(*) FROM outbox").fetchone()[0] == 0:
-                break
-        time.sleep(0.05)
-    return time.perf_counter()
+    return until_none(database, "SELECT count(*) FROM outbox")
 
 
 # ---------------------------------------------------------------- the run

@@ -123,7 +123,7 @@ class Committer:
         self.subscription = subscription
         self.interval = interval
         self._waiting: deque[tuple[Mark, list[asyncio.Future[Any]]]] = deque()
-        self._ready: list[Mark] = []  # the newest mark whose writes are done, if any
+        self._ready: Mark | None = None  # the newest mark whose writes are done
         self._commit: asyncio.Future[None] | None = None
         self._started = time.monotonic()
 
@@ -140,11 +140,12 @@ class Committer:
             mark, writes = self._waiting.popleft()
             for write in writes:
                 write.result()
-            self._ready[:] = [mark]
+            self._ready = mark
         due = time.monotonic() - self._started >= self.interval
-        if self._ready and self._commit is None and due:
+        if self._ready is not None and self._commit is None and due:
             self._started = time.monotonic()
-            self._commit = asyncio.ensure_future(self.subscription.commit(self._ready.pop()))
+            self._commit = asyncio.ensure_future(self.subscription.commit(self._ready))
+            self._ready = None
 
     async def close(self) -> None:
         """Let a commit in flight finish (for a few seconds at most: what it would have
