@@ -255,6 +255,8 @@ def test_a_new_ui_layout_appears_without_a_reload(tab: Tab, demo: Demo) -> None:
     weather = demo.devices["weather-mast"]
     page.goto(f"{demo.url}/devices/{weather}")
     expect(page.locator("#device-ui")).to_contain_text("This device shows no UI yet")
+    # the page's live connection is up (and has asked for its channels) before the change
+    expect(page.locator("#live-status")).to_have_attribute("data-state", "open")
     notes = {
         "type": "uiApplication", "name": "notes", "displayString": "Field notes",
         "children": {
@@ -267,7 +269,7 @@ def test_a_new_ui_layout_appears_without_a_reload(tab: Tab, demo: Demo) -> None:
     demo.api("PATCH", path, json={"state": {"children": {"notes": notes}}})
     try:
         app = page.locator("[data-ui-app='notes']")
-        expect(app.locator("h3")).to_have_text("Field notes")
+        expect(app.locator("h3")).to_have_text("Field notes", timeout=15_000)
         expect(app.locator("[data-ui-value]")).to_have_text("3.14 m/s")
         notes["children"]["wind"]["currentValue"] = 7  # type: ignore[index]
         demo.api("PATCH", path, json={"state": {"children": {"notes": notes}}})
