@@ -423,18 +423,27 @@ class KafkaBus(Bus):
                     self._fresh.pop(row_id, None)
 
     async def _poll(self) -> None:
-        """Relay the table's rows that the fast path does not hold (other processes'
-        commits), reading the payload of those rows only."""
+        """Relay the table's rows in id order: the payload of those the fast path does
+        not hold (other processes' commits) is read, the others are taken from the fast
+        path. A row whose commit callback arrives while this runs is relayed here, in its
+        place, and not again by the fast path — never ahead of an older row, never twice."""
         async with self._draining:
             self._table_relayed = set()
             after = 0
             while True:
                 ids = await self.store.read(row_ids_after(after, RELAY_CHUNK))
-                wanted = [row_id for row_id in ids if row_id not in self._fresh]
-                if wanted:
-                    rows = await self.store.read(rows_by_id(wanted))
+                unheld = [row_id for row_id in ids if row_id not in self._fresh]
+                read = dict(await self.store.read(rows_by_id(unheld))) if unheld else {}
+                rows = [
+                    (row_id, read[row_id] if row_id in read else self._fresh[row_id])
+                    for row_id in ids
+                    if row_id in read or row_id in self._fresh
+                ]
+                if rows:
                     await self._relay_rows(rows)
-                    self._table_relayed.update(row_id for row_id, _ in rows)
+                    for row_id, _ in rows:
+                        self._fresh.pop(row_id, None)
+                        self._table_relayed.add(row_id)
                 if len(ids) < RELAY_CHUNK:
                     break
                 after = ids[-1]
