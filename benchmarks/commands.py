@@ -9,8 +9,8 @@ broker-config`` and ``fleetcloud serve --bus kafka://… --mqtt-url …`` on SQL
 process on a free loopback port, and measures:
 
 1. **latency at a steady rate**: ``PusherService`` (this process) pushes ``--rate``
-   commands/s to Kafka for ``--seconds``, spread over ``--devices`` devices; a subscriber
-   to every device's command topic (this process) takes the time each arrives. Push →
+   commands/s to Kafka for ``--seconds``, spread over ``--devices`` devices; a
+   ``mosquitto_sub`` subscribed to every device's command topic stamps each arrival. Push →
    device-receive p50/p99 (the first second is warm-up and not counted).
 2. **ceiling**: ``--burst`` commands pushed at once; the rate at which they reach devices.
 3. **uplinks**: ``mosquitto_pub -l`` processes publish ``--uplinks`` JSON readings (QoS 0)
@@ -121,15 +121,29 @@ def install_an_app(url: str, fleet: Fleet) -> None:
 
 @dataclass
 class Observer:
-    """Every device's command topic, seen from one MQTT client."""
+    """Every device's command topic, seen by one ``mosquitto_sub``: the C client stamps
+    each arrival itself (wall-clock time, as the pushes are stamped), so observing costs
+    the load generator, which shares the machine with the server, next to nothing."""
 
     arrived: dict[str, float] = field(default_factory=dict)
+    pid: int | None = None
 
-    async def run(self, client: aiomqtt.Client) -> None:
-        await client.subscribe("fleetcloud/+/commands", qos=0)
-        async for message in client.messages:
-            if isinstance(message.payload, bytes):
-                self.arrived[orjson.loads(message.payload)["request_id"]] = time.perf_counter()
+    async def run(self, port: int, user: str, password: str) -> None:
+        watcher = await asyncio.create_subprocess_exec(
+            "mosquitto_sub", "-p", str(port), "-u", user, "-P", password, "-q", "0",
+            "-i", "bench-observer", "-t", "fleetcloud/+/commands", "-F", "%U %p",
+            stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert watcher.stdout is not None
+        self.pid = watcher.pid
+        try:
+            async for line in watcher.stdout:
+                stamp, _, payload = line.partition(b" ")
+                self.arrived[orjson.loads(payload)["request_id"]] = float(stamp)
+        finally:
+            if watcher.returncode is None:
+                watcher.kill()
+            await watcher.wait()
 
 
 def command_for(device: str) -> CommandMessage:
@@ -149,13 +163,13 @@ async def steady(
     per_tick = max(int(rate * TICK), 1)
     pushed: dict[str, float] = {}
     tasks: list[asyncio.Task[bool]] = []
-    start = time.perf_counter()
+    start = time.time()  # wall-clock, as the observer stamps arrivals
     ticks = int(seconds / TICK)
     for tick in range(ticks):
-        await asyncio.sleep(max(start + tick * TICK - time.perf_counter(), 0))
+        await asyncio.sleep(max(start + tick * TICK - time.time(), 0))
         for n in range(per_tick):
             command = command_for(devices[(tick * per_tick + n) % len(devices)])
-            pushed[command.request_id] = time.perf_counter()
+            pushed[command.request_id] = time.time()
             tasks.append(asyncio.ensure_future(pusher.push_command(command)))
     results = await asyncio.gather(*tasks)
     if not all(results):
@@ -185,18 +199,18 @@ async def burst(
     pusher: PusherService, observer: Observer, devices: list[str], count: int
 ) -> dict[str, Any]:
     commands = [command_for(devices[n % len(devices)]) for n in range(count)]
-    start = time.perf_counter()
+    start = time.time()  # wall-clock, as the observer stamps arrivals
     accepted = []
     for first in range(0, count, 500):  # at most 500 produce requests in flight
         chunk = commands[first : first + 500]
         results = await asyncio.gather(*(pusher.push_command(c) for c in chunk))
         accepted += [c for c, ok in zip(chunk, results, strict=True) if ok]
-    pushed_at = time.perf_counter()
+    pushed_at = time.time()
     ids = {c.request_id for c in accepted}
     count = len(ids)
     deadline = start + 120
     while len(observer.arrived.keys() & ids) < count:
-        if time.perf_counter() > deadline:
+        if time.time() > deadline:
             break
         await asyncio.sleep(0.05)
     received = [observer.arrived[r] for r in ids if r in observer.arrived]
@@ -380,38 +394,34 @@ async def command_phases(
         raise RuntimeError("cannot reach the Kafka broker")
     observer = Observer()
     figures: dict[str, Any] = {"steady": []}
-    async with aiomqtt.Client(
-        "127.0.0.1", mqtt_port, username="fleetcloud-connector", password=secret,
-        identifier="bench-observer", max_queued_incoming_messages=0,
-    ) as client:  # fmt: skip
-        watching = asyncio.ensure_future(observer.run(client))
-        try:
-            await asyncio.sleep(0.5)
-            await steady(pusher, observer, fleet.devices, 50, 2.0)  # warm everything up
-            for target in rates:
-                print(
-                    f"steady {target}/s for {options.seconds:g} s (server pid {pid}) …", flush=True
-                )
-                before, busy, began = cpu_seconds(pid), system_busy(), time.perf_counter()
-                each = {name: cpu_seconds(p) for name, p in processes.items()}
-                rate = await steady(pusher, observer, fleet.devices, target, options.seconds)
-                took = time.perf_counter() - began
-                rate["cores"] = {n: (cpu_seconds(p) - each[n]) / took for n, p in processes.items()}
-                rate["rate"] = target
-                rate["server_cpu_ms"] = (cpu_seconds(pid) - before) * 1000 / rate["pushed"]
-                rate["machine_busy"] = (system_busy() - busy) / took
-                figures["steady"].append(rate)
-            if ceiling:
-                print(f"burst of {options.burst} …", flush=True)
-                before = cpu_seconds(pid)
-                result = await burst(pusher, observer, fleet.devices, options.burst)
-                result["server_cpu_ms"] = (cpu_seconds(pid) - before) * 1000 / result["pushed"]
-                figures["burst"] = result
-        finally:
-            watching.cancel()
-            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
-                await watching
-            await pusher.close()
+    watching = asyncio.ensure_future(observer.run(mqtt_port, "fleetcloud-connector", secret))
+    try:
+        await asyncio.sleep(0.5)
+        if observer.pid is not None:
+            processes["observer"] = observer.pid  # its CPU is reported with the others
+        await steady(pusher, observer, fleet.devices, 50, 2.0)  # warm everything up
+        for target in rates:
+            print(f"steady {target}/s for {options.seconds:g} s (server pid {pid}) …", flush=True)
+            before, busy, began = cpu_seconds(pid), system_busy(), time.perf_counter()
+            each = {name: cpu_seconds(p) for name, p in processes.items()}
+            rate = await steady(pusher, observer, fleet.devices, target, options.seconds)
+            took = time.perf_counter() - began
+            rate["cores"] = {n: (cpu_seconds(p) - each[n]) / took for n, p in processes.items()}
+            rate["rate"] = target
+            rate["server_cpu_ms"] = (cpu_seconds(pid) - before) * 1000 / rate["pushed"]
+            rate["machine_busy"] = (system_busy() - busy) / took
+            figures["steady"].append(rate)
+        if ceiling:
+            print(f"burst of {options.burst} …", flush=True)
+            before = cpu_seconds(pid)
+            result = await burst(pusher, observer, fleet.devices, options.burst)
+            result["server_cpu_ms"] = (cpu_seconds(pid) - before) * 1000 / result["pushed"]
+            figures["burst"] = result
+    finally:
+        watching.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watching
+        await pusher.close()
     return figures
 
 
@@ -459,8 +469,8 @@ def markdown(figures: dict[str, Any], options: argparse.Namespace, command: str)
             "",
             "tansu (Kafka protocol), Mosquitto (configured by `fleetcloud mqtt broker-config`) and",
             "`fleetcloud serve --bus kafka://… --mqtt-url …` on SQLite, each its own process. The",
-            "load generator pushes with `PusherService` over Kafka and times each command's",
-            "arrival on the device topics (one MQTT subscriber); the ceiling is a burst pushed",
+            "load generator pushes with `PusherService` over Kafka; one `mosquitto_sub` (the",
+            "observer) stamps each command's arrival on the device topics; the ceiling is a burst pushed",
             "at once; uplinks are JSON readings published by `mosquitto_pub -l` (QoS 0) and",
             "counted in the database, next to the same publishers' raw rate through the broker:",
             "the same publisher processes and lines (about 40 bytes each), QoS 0 end to end and",
