@@ -11,6 +11,7 @@ import os
 import platform
 import sqlite3
 import subprocess
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -133,6 +134,20 @@ def percentile(values: Sequence[float], percent: float) -> float:
     if not ordered:
         return float("nan")
     return ordered[min(len(ordered) - 1, int(len(ordered) * percent / 100))]
+
+
+def reference_loop() -> float:
+    """Seconds a fixed pure-Python loop (10 million additions) takes, best of three: how
+    fast this machine runs Python at the moment. Shared machines vary from day to day
+    (this figure has been 0.5 s on some and 1.8 s on others), and so does everything
+    measured with them; figures from different runs compare only next to it."""
+    best = float("inf")
+    for _ in range(3):
+        start, total = time.perf_counter(), 0
+        for n in range(10_000_000):
+            total += n
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 def machine() -> dict[str, str]:

@@ -65,6 +65,7 @@ from benchmarks._common import (
     machine,
     percentile,
     pid_running,
+    reference_loop,
     system_busy,
     write_docs,
 )
@@ -470,11 +471,12 @@ def markdown(figures: dict[str, Any], options: argparse.Namespace, command: str)
             "tansu (Kafka protocol), Mosquitto (configured by `fleetcloud mqtt broker-config`) and",
             "`fleetcloud serve --bus kafka://… --mqtt-url …` on SQLite, each its own process. The",
             "load generator pushes with `PusherService` over Kafka; one `mosquitto_sub` (the",
-            "observer) stamps each command's arrival on the device topics; the ceiling is a burst pushed",
-            "at once; uplinks are JSON readings published by `mosquitto_pub -l` (QoS 0) and",
-            "counted in the database, next to the same publishers' raw rate through the broker:",
-            "the same publisher processes and lines (about 40 bytes each), QoS 0 end to end and",
-            "one subscribing client in both cases (the connector's connection; `mosquitto_sub`).",
+            "observer) stamps each command's arrival on the device topics; the ceiling is a",
+            "burst pushed at once; uplinks are JSON readings published by `mosquitto_pub -l`",
+            "(QoS 0) and counted in the database, next to the same publishers' raw rate through",
+            "the broker: the same publisher processes and lines (about 40 bytes each), QoS 0 end",
+            "to end and one subscribing client in both cases (the connector's connection;",
+            "`mosquitto_sub`).",
             "Each steady rate runs on a fresh broker and server (tansu's memory storage reads",
             "more slowly as its log grows: `benchmarks.tansu`), and so do the burst and uplinks.",
             "With `--app`, one app is installed first (on a device the load does not touch):",
@@ -485,7 +487,9 @@ def markdown(figures: dict[str, Any], options: argparse.Namespace, command: str)
             f"`{command}` — {about['date']}, {about['nproc']} cores ({about['cpu']}), "
             f"Python {about['python']}; tansu, Mosquitto, `fleetcloud serve` (SQLite) and the "
             "load generator all on this machine. Load average before the run: "
-            f"{figures['load_before']}.",
+            f"{figures['load_before']}. A pure-Python reference loop (10 million additions, "
+            f"`benchmarks._common.reference_loop`) took {figures['reference_s']:.2f} s just "
+            "before: how fast the machine ran Python at the time.",
             "",
             "| what | figure | target |",
             "|---|---|---|",
@@ -586,7 +590,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = " ".join(
         ["uv run python -m benchmarks.commands", *(sys.argv[1:] if argv is None else argv)]
     )
-    figures: dict[str, Any] = {"load_before": load_average()}
+    figures: dict[str, Any] = {"load_before": load_average(), "reference_s": reference_loop()}
     with tempfile.TemporaryDirectory(prefix="fleetcloud-bench-") as raw_dir:
         directory = Path(raw_dir)
         fleet = create_fleet(directory, options.devices)

@@ -57,7 +57,10 @@ def test_the_commands_benchmark_runs_and_every_command_and_uplink_arrives() -> N
         assert phase["received"] == phase["pushed"]
     assert figures["burst"]["received"] == figures["burst"]["pushed"] > 0
     assert set(figures["statuses"]) == {"DELIVERED"}
-    assert {"server", "load generator", "tansu", "Mosquitto"} <= set(figures["steady"][0]["cores"])
+    assert {"server", "load generator", "observer", "tansu", "Mosquitto"} <= set(
+        figures["steady"][0]["cores"]
+    )
+    assert figures["reference_s"] > 0
     assert figures["uplink"]["landed"] == figures["uplink"]["count"] > 0
     assert figures["raw"]["complete"]
     assert "| MQTT uplink → channel messages" in printed  # the Markdown it would write
