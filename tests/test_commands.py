@@ -21,8 +21,12 @@ from fleetcloud.commands import (
     lifecycle,
 )
 from fleetcloud.commands.core.models import CommandMessage as ModelsCommandMessage
+from fleetcloud.commands.core.models import CommandStatus
+from fleetcloud.commands.lifecycle import Change
 from fleetcloud.commands.service import PusherService as ServicePusherService
+from fleetcloud.commands.tracker import CommandTracker
 from fleetcloud.core.errors import ValidationFailed
+from fleetcloud.core.types import CHANNEL_EVENTS
 from fleetcloud.platform import Platform
 from fleetcloud.store import channels as channel_repo
 from tests.conftest import Tenant, make_tenant
@@ -284,6 +288,42 @@ async def test_recording_is_idempotent(platform: Platform, tenant: Tenant) -> No
         await platform.store.write(lifecycle.record([command, command]))
     history = await platform.store.read(lifecycle.history(command.request_id))
     assert [h.status.value for h in history] == ["QUEUED"]
+
+
+async def test_a_tracker_unit_saves_its_changes_together_in_order(
+    platform: Platform, tenant: Tenant
+) -> None:
+    """Records and changes queued together are written as one unit: every transition in
+    the history and on the ``commands`` channel, in the order made, with one aggregate
+    update for the channel (not one per record and one per run of changes)."""
+    events = await platform.bus.subscribe([CHANNEL_EVENTS], "test-reader")
+    messages = [
+        CommandMessage(
+            device_id=str(tenant.device_id), command_type=f"c{n}", protocol="mqtt",
+            parser_script_ref="p.py",
+        )
+        for n in range(3)
+    ]  # fmt: skip
+    ids = [m.request_id for m in messages]
+    async with CommandTracker(platform.store) as tracker:
+        recorded = tracker.record_soon(messages)
+        sent = tracker.apply([Change(i, CommandStatus.SENT) for i in ids])
+        delivered = tracker.apply([Change(i, CommandStatus.DELIVERED) for i in ids])
+        await asyncio.wait_for(asyncio.gather(recorded, sent, delivered), 10)
+    for request_id in ids:
+        history = await platform.store.read(lifecycle.history(request_id))
+        assert [h.status.value for h in history] == ["QUEUED", "SENT", "DELIVERED"]
+    channel = await platform.store.read(channel_repo.require_channel(tenant.device_id, "commands"))
+    written = await platform.store.read(channel_repo.list_messages(channel, limit=20))
+    assert [(m.data["status"], m.data["command_type"]) for m in reversed(written)] == [
+        (status, f"c{n}") for status in ("QUEUED", "SENT", "DELIVERED") for n in range(3)
+    ]
+    assert channel.aggregate["status"] == "DELIVERED"
+    seen: list[str] = []
+    while batch := await events.next_batch(timeout=1):  # everything the unit emitted
+        seen += [e.value["t"] for e in batch if e.key == str(tenant.device_id)]
+    await events.close()
+    assert sorted(seen) == ["AggregateUpdate"] + ["MessageCreate"] * 9
 
 
 # ---------------------------------------------------------------- the HTTP API

@@ -8,7 +8,10 @@
 
 Each change appends to ``command_history`` and publishes one message to the device's
 ``commands`` channel (``{"request_id", "command_type", "status", "reason"?, …}``), in
-the same transaction, so every transition is visible live over the gateway.
+the same transaction, so every transition is visible live over the gateway. A unit that
+runs several of them passes one ``Applied`` to each and ``save``s it once at its end:
+one history insert and one publish (one channel lookup, one aggregate update per device)
+for the whole unit, the messages still in the order the changes were made.
 """
 
 from __future__ import annotations
@@ -115,8 +118,9 @@ class HistoryEntry:
 
 
 @dataclass(slots=True)
-class _Applied:
-    rows: list[tuple[Any, ...]] = field(default_factory=list)
+class Applied:
+    """History rows and ``commands`` channel messages of changes made, not saved yet."""
+
     history: list[tuple[int, int, str, str | None, int]] = field(default_factory=list)
     messages: list[PublishItem] = field(default_factory=list)
 
@@ -317,12 +321,14 @@ def record(
     *,
     author_id: int | None = None,
     emit_topic: str | None = None,
+    applied: Applied | None = None,
 ) -> Work[list[StoredCommand]]:
     """Store ``messages`` (those not stored yet) and return every one as stored, in order.
 
     With ``emit_topic``, each newly queued command also goes onto that bus topic, keyed by
     its device id, in the same transaction (how commands pushed inside the server reach
-    the connectors)."""
+    the connectors). With ``applied``, the history and channel messages are left in it
+    for the caller to ``save``."""
     existing = yield from load(m.request_id for m in messages)
     fresh = [
         m
@@ -331,7 +337,7 @@ def record(
     ]
     devices = yield from _devices(m.device_id for m in fresh)
     at = now_ms()
-    applied = _Applied()
+    pending = Applied() if applied is None else applied
     events: list[Event] = []
     for message in fresh:
         command = _new_command(message, devices.get(message.device_id), author_id, at)
@@ -343,10 +349,11 @@ def record(
         if not inserted:
             continue  # stored meanwhile by another process: it is in ``load`` below
         existing[command.request_id] = command
-        _note(applied, command, at)
+        _note(pending, command, at)
         if emit_topic is not None and command.status is CommandStatus.QUEUED:
             events.append(Event(emit_topic, command.device_id, message.to_json()))
-    yield from _save(applied)
+    if applied is None:
+        yield from save(pending)
     if events:
         yield Emit(events)
     missing = [m.request_id for m in messages if m.request_id not in existing]
@@ -355,7 +362,7 @@ def record(
     return [existing[m.request_id] for m in messages]
 
 
-def _note(applied: _Applied, command: StoredCommand, at: int) -> None:
+def _note(applied: Applied, command: StoredCommand, at: int) -> None:
     applied.history.append((command.seq, new_id(), command.status.value, command.reason, at))
     if command.agent_id is not None:
         author = command.author_id if command.author_id is not None else command.agent_id
@@ -364,7 +371,8 @@ def _note(applied: _Applied, command: StoredCommand, at: int) -> None:
         )
 
 
-def _save(applied: _Applied) -> Work[None]:
+def save(applied: Applied) -> Work[None]:
+    """Write what ``applied`` gathered: the history rows, then the channel messages."""
     if applied.history:
         yield ExecuteMany(
             "INSERT INTO command_history (seq, id, status, reason, at_ms) VALUES (?, ?, ?, ?, ?)",
@@ -395,12 +403,15 @@ def _rounds(changes: Sequence[Change]) -> list[dict[_Key, list[str]]]:
     return rounds
 
 
-def transition(changes: Sequence[Change]) -> Work[dict[str, StoredCommand]]:
+def transition(
+    changes: Sequence[Change], applied: Applied | None = None
+) -> Work[dict[str, StoredCommand]]:
     """Apply the changes that are allowed from each command's current status; returns
-    the commands that changed, as they are now (a refused change is simply absent)."""
+    the commands that changed, as they are now (a refused change is simply absent).
+    With ``applied``, the history and channel messages are left in it (see ``record``)."""
     at = now_ms()
     changed: dict[str, StoredCommand] = {}
-    applied = _Applied()
+    pending = Applied() if applied is None else applied
     for round_ in _rounds(changes):
         for (status, reason, attempt, agent_id), request_ids in round_.items():
             sources = [s.value for s in sources_of(status)]
@@ -418,8 +429,9 @@ def transition(changes: Sequence[Change]) -> Work[dict[str, StoredCommand]]:
                 for row in rows:
                     command = from_row(row)
                     changed[command.request_id] = command
-                    _note(applied, command, at)
-    yield from _save(applied)
+                    _note(pending, command, at)
+    if applied is None:
+        yield from save(pending)
     return changed
 
 

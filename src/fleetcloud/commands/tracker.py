@@ -39,15 +39,17 @@ class _Pending:
 
 
 def _in_order(batch: Sequence[_Pending]) -> Work[list[Any]]:
-    """One unit of work for a batch: records and runs of changes, in queue order; the
-    result of each pending item, in order."""
+    """One unit of work for a batch: records and runs of changes, in queue order, their
+    history and channel messages saved together at the end; the result of each pending
+    item, in order."""
     results: list[Any] = []
     run: list[_Pending] = []
+    applied = lifecycle.Applied()
 
     def flush() -> Work[None]:
         if run:
             changes = [change for pending in run for change in pending.changes]
-            changed = yield from lifecycle.transition(changes)
+            changed = yield from lifecycle.transition(changes, applied)
             for pending in run:
                 wanted = {change.request_id for change in pending.changes}
                 results.append({k: v for k, v in changed.items() if k in wanted})
@@ -58,8 +60,9 @@ def _in_order(batch: Sequence[_Pending]) -> Work[list[Any]]:
             run.append(pending)
             continue
         yield from flush()
-        results.append((yield from lifecycle.record(pending.messages)))
+        results.append((yield from lifecycle.record(pending.messages, applied=applied)))
     yield from flush()
+    yield from lifecycle.save(applied)
     return results
 
 
