@@ -272,6 +272,8 @@ async def test_a_burst_for_one_device_arrives_in_order_and_each_is_delivered(rig
     # each PUBACK: the device must still see them in order, each once.
     device, token = rig.tenant.device_id, rig.tenant.device_token
     seen: list[str] = []
+    reader = rig.connector._reader
+    assert reader is not None, "the connector's reader did not take over"
     async with device_client(rig.port, device, token) as client:
         await client.subscribe(topics.command_topic(device), qos=1)
         ids = await push_many(rig, device, 300, qos=1)
@@ -284,6 +286,7 @@ async def test_a_burst_for_one_device_arrives_in_order_and_each_is_delivered(rig
         assert [h.status.value for h in history] == ["QUEUED", "SENT", "DELIVERED"]
     statuses = {await rig.status(request_id) for request_id in ids}
     assert statuses == {"DELIVERED"}
+    assert reader.acknowledged >= len(ids)  # the broker's PUBACKs, taken by the reader
 
 
 async def test_broker_restart_during_a_burst_keeps_order_and_leaves_none_behind(

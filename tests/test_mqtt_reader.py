@@ -1,6 +1,6 @@
-"""The connector's own reading of QoS 0 PUBLISH packets (``paho_speedups.take_publishes``),
-on packets built byte by byte from MQTT 3.1.1 §2.2 and §3.3; what it does on a real
-broker is in ``test_mqtt.py``."""
+"""The connector's own reading of QoS 0 PUBLISH and of PUBACK packets
+(``paho_speedups.take_publishes``), on packets built byte by byte from MQTT 3.1.1 §2.2,
+§3.3 and §3.4; what it does on a real broker is in ``test_mqtt.py``."""
 
 from __future__ import annotations
 
@@ -82,3 +82,50 @@ def test_a_topic_that_is_not_utf8_is_delivered_empty() -> None:
 
 def test_nothing_is_taken_from_an_empty_buffer() -> None:
     assert take(b"") == (0, [])
+
+
+def puback(packet_id: int) -> bytes:
+    return bytes([0x40, 2]) + struct.pack(">H", packet_id)
+
+
+def take_with_acks(
+    data: bytes, refuse: int | None = None
+) -> tuple[int, list[tuple[str, bytes, int, bool] | int]]:
+    got: list[tuple[str, bytes, int, bool] | int] = []
+
+    def acknowledge(packet_id: int) -> bool:
+        got.append(packet_id)
+        return packet_id != refuse
+
+    taken = take_publishes(bytearray(data), lambda *message: got.append(message), acknowledge)
+    return taken, got
+
+
+def test_pubacks_between_publishes_are_acknowledged_in_order() -> None:
+    packets = [puback(1), publish(b"t", b"a"), puback(0x1234), puback(65535), publish(b"t", b"b")]
+    taken, got = take_with_acks(b"".join(packets))
+    assert taken == sum(len(p) for p in packets)
+    assert got == [1, ("t", b"a", 0, False), 0x1234, 65535, ("t", b"b", 0, False)]
+
+
+def test_a_puback_is_left_to_paho_without_an_acknowledger() -> None:
+    assert take(puback(1) + publish(b"t", b"a")) == (0, [])
+
+
+@pytest.mark.parametrize(
+    "stop",
+    [
+        puback(9)[:3],  # cut off
+        bytes([0x40, 3, 0, 9, 0]),  # not the 3.1.1 length
+        bytes([0x50, 2, 0, 9]),  # PUBREC: paho's
+    ],
+)
+def test_it_stops_at_what_is_not_a_complete_puback(stop: bytes) -> None:
+    taken, got = take_with_acks(puback(8) + stop)
+    assert (taken, got) == (4, [8])
+
+
+def test_it_stops_after_an_acknowledgement_that_fails() -> None:
+    packets = puback(1) + puback(2) + publish(b"t", b"a")
+    taken, got = take_with_acks(packets, refuse=2)
+    assert (taken, got) == (8, [1, 2])

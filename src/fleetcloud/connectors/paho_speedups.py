@@ -10,9 +10,12 @@ connector's time. ``Reader`` takes over the reading side of one connected client
   complete packet in it (a few hundred at most through paho, then it reschedules itself,
   so other tasks still run);
 - complete QoS 0 ``PUBLISH`` packets at the front of that buffer are parsed here (fixed
-  header, topic, payload: MQTT 3.1.1 §3.3) and handed to ``deliver`` at once; everything
-  else (QoS 1 and 2 publishes, acknowledgements, pings) goes through paho as before, and
-  paho's ``on_message`` calls the same ``deliver``, so messages keep their arrival order;
+  header, topic, payload: MQTT 3.1.1 §3.3) and handed to ``deliver`` at once, and so are
+  ``PUBACK``s (§3.4), the broker's answers to the connector's QoS 1 command publishes:
+  they settle the publish as paho would, without the reason-code and properties objects
+  paho builds for each; everything else (QoS 1 and 2 publishes, other acknowledgements,
+  pings) goes through paho as before, and paho's ``on_message`` calls the same
+  ``deliver``, so messages keep their arrival order;
 - ``pause`` stops reading the socket (the broker then holds what comes, or drops QoS 0
   messages past its limits) and ``resume`` starts again: the connector's backpressure.
 
@@ -43,9 +46,12 @@ NO_CONNECTION = 4
 MQTT_V5 = 5
 PUBLISH_QOS0 = 0x30  # a PUBLISH's first byte: type 3 in the high nibble, QoS in bits 1-2
 TYPE_AND_QOS = 0xF6  # … ignoring the dup (0x08) and retain (0x01) flags
+PUBACK = 0x40  # a PUBACK's first byte; its remaining length is 2 in MQTT 3.1.1
 
 Deliver = Callable[[str, bytes, int, bool], None]
 """``deliver(topic, payload, qos, retain)``: one message from the broker."""
+Acknowledge = Callable[[int], bool]
+"""``acknowledge(packet_id)``: the broker has a QoS 1 publish; False stops the reading."""
 
 
 class _NoFilters:
@@ -67,14 +73,25 @@ def skip_topic_filters(paho: Any) -> bool:
     return True
 
 
-def take_publishes(buffer: bytearray, deliver: Deliver) -> int:
+def take_publishes(
+    buffer: bytearray, deliver: Deliver, acknowledge: Acknowledge | None = None
+) -> int:
     """Deliver the complete QoS 0 PUBLISH packets at the start of ``buffer`` (MQTT 3.1.1)
+    — and, given ``acknowledge``, hand it the packet identifier of each complete PUBACK —
     and return how many bytes they took; stops at the first packet that is anything
-    else, incomplete, or malformed (paho deals with it). A topic that is not UTF-8 is
-    delivered as ``""``, which no subscription matches."""
+    else, incomplete, or malformed (paho deals with it), and after an acknowledgement
+    that returns False. A topic that is not UTF-8 is delivered as ``""``, which no
+    subscription matches."""
     position, end = 0, len(buffer)
     while position < end:
         first = buffer[position]
+        if first == PUBACK and acknowledge is not None:
+            if position + 4 > end or buffer[position + 1] != 2:
+                break
+            position += 4
+            if not acknowledge((buffer[position - 2] << 8) | buffer[position - 1]):
+                break
+            continue
         if first & TYPE_AND_QOS != PUBLISH_QOS0:
             break
         length, multiplier, index = 0, 1, position + 1
@@ -114,11 +131,18 @@ class Reader:
         self.sock: Any = None
         self.paused = False
         self.pauses = 0  # times reading paused for backpressure
+        self.acknowledged = 0  # PUBACKs taken here (not through paho)
+        self._ack_failure = 0  # what settling an acknowledged publish returned, if not 0
+        self._ack_reason: Any = None  # paho's "success" reason code and empty properties,
+        self._ack_properties: Any = None  # … made once, passed with every PUBACK
 
     def install(self) -> bool:
         """Take over reading; False (and the client untouched) if it is not as expected."""
         paho, sock = self.paho, getattr(self.paho, "_sock", None)
-        needed = ("_packet_read", "_loop_rc_handle", "_sock_recv", "loop_read", "_in_packet")
+        needed = (
+            "_packet_read", "_loop_rc_handle", "_sock_recv", "loop_read", "_in_packet",
+            "_out_messages", "_out_message_mutex", "_do_on_publish",
+        )  # fmt: skip
         if (
             sock is None
             or isinstance(sock, ssl.SSLSocket)
@@ -128,6 +152,12 @@ class Reader:
         ):
             log.info("MQTT client: reading through paho (no speed-ups for this client)")
             return False
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+        from paho.mqtt.reasoncodes import ReasonCode
+
+        self._ack_reason = ReasonCode(PacketTypes.PUBACK)
+        self._ack_properties = Properties(PacketTypes.PUBACK)  # type: ignore[no-untyped-call]
         self.sock = sock
         paho._sock_recv = self._sock_recv
         paho.loop_read = self._loop_read
@@ -154,6 +184,17 @@ class Reader:
         """Whether the socket we read is still the client's (not closed or replaced)."""
         return self.sock is not None and self.paho._sock is self.sock
 
+    def _acknowledge(self, packet_id: int) -> bool:
+        """What paho does with a PUBACK for MQTT 3.1.1 (``_handle_pubackcomp``)."""
+        paho = self.paho
+        self.acknowledged += 1
+        with paho._out_message_mutex:
+            if packet_id not in paho._out_messages:
+                return True  # not ours, or settled already
+            failure: int = paho._do_on_publish(packet_id, self._ack_reason, self._ack_properties)
+        self._ack_failure = failure
+        return not failure
+
     def _on_message(self, _client: Any, _userdata: Any, message: Any) -> None:
         self.deliver(message.topic, message.payload, message.qos, bool(message.retain))
 
@@ -179,6 +220,29 @@ class Reader:
         del buffer[:size]
         return chunk
 
+    def _fill(self) -> bool:
+        """Read the socket into the empty buffer; False if nothing has come yet."""
+        try:
+            self.buffer.extend(self.paho._sock.recv(READ_SIZE))
+        except BlockingIOError:
+            return False
+        except OSError:
+            pass  # paho's own read meets it and reports it
+        return True
+
+    def _take(self) -> int | None:
+        """Take the packets at the front of the buffer that are read here: None if there
+        are none, else SUCCESS or what paho made of a failed acknowledgement."""
+        taken = take_publishes(self.buffer, self.deliver, self._acknowledge)
+        if not taken:
+            return None
+        del self.buffer[:taken]
+        self.paho._last_bytes_received = time.monotonic()
+        if self._ack_failure:
+            failure, self._ack_failure = self._ack_failure, 0
+            return int(self.paho._loop_rc_handle(failure))
+        return SUCCESS
+
     def _loop_read(self, max_packets: int = 1) -> int:
         paho, buffer = self.paho, self.buffer
         for _ in range(PACKETS_PER_EVENT):
@@ -186,11 +250,13 @@ class Reader:
                 return SUCCESS
             if paho._sock is None:
                 return NO_CONNECTION
-            if buffer and paho._in_packet["command"] == 0:
-                taken = take_publishes(buffer, self.deliver)
-                if taken:
-                    del buffer[:taken]
-                    paho._last_bytes_received = time.monotonic()
+            if paho._in_packet["command"] == 0:  # between packets
+                if not buffer and not self._fill():
+                    return SUCCESS
+                outcome = self._take()
+                if outcome is not None:
+                    if outcome != SUCCESS:
+                        return outcome
                     continue
             rc = paho._packet_read()
             if rc > 0:
