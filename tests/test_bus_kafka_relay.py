@@ -254,6 +254,42 @@ async def test_rows_another_process_wrote_are_relayed_alongside_this_ones(
     await eventually_empty(store)
 
 
+async def test_a_commit_heard_after_the_table_poll_saw_its_row_is_relayed_once_in_order(
+    store: SqliteStore, bus: KafkaBus
+) -> None:
+    """The fast path hears of each commit through a callback, which can come after the
+    once-a-second table poll has already listed the row. Here the callbacks are held and
+    handed over at chosen moments: the first row's just before a poll, the second's after
+    it. The poll relays both in id order (the first from what the fast path holds, the
+    second read from the table), the late callback relays nothing again, and every event
+    arrives once, in order."""
+    agents = await devices(store, 1)
+    await eventually_empty(store)
+    held: list[tuple[int, Any]] = []
+
+    def hold(position: int, events: Any) -> None:
+        held.append((position, events))
+
+    async with await bus.subscribe([CHANNEL_EVENTS]) as anonymous:
+        store.remove_commit_listener(bus._on_commit)
+        store.add_commit_listener(hold)
+        try:
+            await publish_rounds(store, agents, range(2))  # two outbox rows, nobody told
+            assert [position for position, _ in held] == sorted(p for p, _ in held)
+            first, second = held
+            bus._table_at = float("-inf")  # the poll is due at the relay's next wake-up
+            bus._on_commit(*first)
+            await eventually_empty(store)
+            bus._on_commit(*second)  # its row went with the poll
+        finally:
+            store.remove_commit_listener(hold)
+            store.add_commit_listener(bus._on_commit)
+        await publish_rounds(store, agents, range(2, 3))  # the fast path as usual
+        events = await collect(anonymous, agents, len(expected(range(3))))
+    assert by_agent(events, agents) == {agents[0]: expected(range(3))}
+    await eventually_empty(store)
+
+
 async def test_group_resumes_after_its_last_commit(store: SqliteStore, bus: KafkaBus) -> None:
     agents = await devices(store, 1)
     name = unique("group")
