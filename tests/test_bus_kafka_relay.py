@@ -308,6 +308,26 @@ async def test_group_resumes_after_its_last_commit(store: SqliteStore, bus: Kafk
     assert by_agent(resumed, agents)[agents[0]] == expected(range(4, 8))
 
 
+async def test_a_resting_subscription_fetches_nothing_and_then_reads_what_came_meanwhile(
+    store: SqliteStore, bus: KafkaBus
+) -> None:
+    agents = await devices(store, 1)
+    async with await bus.subscribe([CHANNEL_EVENTS], unique("group")) as group:
+        await publish_rounds(store, agents, range(1))
+        assert await collect(group, agents, len(expected(range(1))))  # assigned and reading
+        consumer = group.consumer  # type: ignore[attr-defined]
+        assigned = consumer.assignment()
+        resting = asyncio.ensure_future(group.rest(1.5))
+        await asyncio.sleep(0.2)
+        assert assigned
+        assert consumer.paused() == assigned  # so no fetch requests meanwhile
+        await publish_rounds(store, agents, range(1, 4))
+        await resting
+        assert not consumer.paused()
+        events = await collect(group, agents, len(expected(range(1, 4))))
+    assert by_agent(events, agents) == {agents[0]: expected(range(1, 4))}
+
+
 async def test_new_group_starts_at_the_end_unless_from_beginning(
     store: SqliteStore, bus: KafkaBus
 ) -> None:

@@ -9,6 +9,7 @@ which sees only what is published from then on — what the websocket gateway wa
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Sequence
 
@@ -45,6 +46,11 @@ class Subscription(ABC):
         For a subscriber whose filter changed while that batch was on its way (the apps
         dispatcher learning of a new installation): nothing it consumed is lost."""
         return []
+
+    async def rest(self, seconds: float) -> None:
+        """Read nothing for ``seconds``; a backend may stop fetching meanwhile. Nothing is
+        lost: what arrives is read afterwards (for a subscriber that reads in gulps)."""
+        await asyncio.sleep(seconds)
 
     @abstractmethod
     def mark(self) -> Mark:

@@ -253,6 +253,18 @@ class KafkaSubscription(Subscription):
                     self.left_out.append((key, record))
         return events
 
+    async def rest(self, seconds: float) -> None:
+        """Pause every assigned partition meanwhile: no fetch requests at all, where the
+        consumer would otherwise keep fetching (and, on an idle topic, be answered empty
+        every ``fetch_max_wait_ms``). Records fetched and not yet returned are dropped
+        by the pause and fetched again after it, from the same position."""
+        self.consumer.pause(*self.consumer.assignment())
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            if not self.closed:  # resume what is paused now (a rebalance may have moved it)
+                self.consumer.resume(*self.consumer.paused())
+
     def passed_over(self, keep: KeyFilter) -> list[Event]:
         found: list[Event] = []
         for key, record in self.left_out:
