@@ -489,7 +489,8 @@ def markdown(figures: dict[str, Any], options: argparse.Namespace, command: str)
             "load generator all on this machine. Load average before the run: "
             f"{figures['load_before']}. A pure-Python reference loop (10 million additions, "
             f"`benchmarks._common.reference_loop`) took {figures['reference_s']:.2f} s just "
-            "before: how fast the machine ran Python at the time.",
+            f"before the run and {figures['reference_after_s']:.2f} s just after: how fast the "
+            "machine ran Python at the time.",
             "",
             "| what | figure | target |",
             "|---|---|---|",
@@ -633,6 +634,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     options.uplinks,
                 ))  # fmt: skip
         figures["statuses"] = statuses(fleet.database)
+        figures["reference_after_s"] = reference_loop()
     figures["problems"] = problems(figures)
     section = markdown(figures, options, command)
     print("\n" + section)

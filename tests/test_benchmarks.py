@@ -61,6 +61,7 @@ def test_the_commands_benchmark_runs_and_every_command_and_uplink_arrives() -> N
         figures["steady"][0]["cores"]
     )
     assert figures["reference_s"] > 0
+    assert figures["reference_after_s"] > 0
     assert figures["uplink"]["landed"] == figures["uplink"]["count"] > 0
     assert figures["raw"]["complete"]
     assert "| MQTT uplink → channel messages" in printed  # the Markdown it would write
