@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -113,7 +114,10 @@ def test_a_webhook_updates_the_devices_ui_through_integration_and_processor(
             assert ui["variant"] == "stacked"
             assert ui["children"]["temperature"]["currentValue"] == 21.5
             assert ui["children"]["status"]["currentValue"] == "running"
-            connection = aggregate(http, device["agent_id"], "doover_connection")
+            # The processor pings the connection after pushing the UI, in a write of its own.
+            connection = wait_for_aggregate(
+                http, device["agent_id"], "doover_connection", lambda data: "status" in data
+            )
             assert connection["status"]["status"] == "PeriodicUnknown"
             assert connection["status"]["determination"] == "Online"
             assert connection["config"]["connection_type"] == "Periodic"
@@ -121,7 +125,10 @@ def test_a_webhook_updates_the_devices_ui_through_integration_and_processor(
                 f"/api/agents/{device['agent_id']}/channels/on_external_event/messages"
             ).json()
             assert [m["data"] for m in forwarded] == [reading]
-            tags = aggregate(http, org["agent_id"], "tag_values")
+            # The integration's tags are written when its invocation ends.
+            tags = wait_for_aggregate(
+                http, org["agent_id"], "tag_values", lambda data: "webhook_integration" in data
+            )
             assert tags["webhook_integration"]["devices"] == {"pump-7": int(device["agent_id"])}
             for installation in (hook, watcher):
                 path = f"/api/apps/installations/{installation['installation_id']}/invocations"
@@ -132,6 +139,18 @@ def test_a_webhook_updates_the_devices_ui_through_integration_and_processor(
 def aggregate(http: httpx.Client, agent_id: str, channel: str) -> Any:
     response = http.get(f"/api/agents/{agent_id}/channels/{channel}/aggregate")
     return response.json()["data"] if response.status_code == 200 else {}
+
+
+def wait_for_aggregate(
+    http: httpx.Client, agent_id: str, channel: str, ready: Callable[[Any], bool]
+) -> Any:
+    deadline, data = time.monotonic() + 60, None
+    while time.monotonic() < deadline:
+        data = aggregate(http, agent_id, channel)
+        if ready(data):
+            return data
+        time.sleep(0.2)
+    raise AssertionError(f"{channel} of agent {agent_id} still {data!r} after 60 s")
 
 
 def wait_for_ui(http: httpx.Client, agent_id: str) -> dict[str, Any]:
