@@ -347,10 +347,7 @@ class Dispatcher:
                 # No app is installed anywhere, so nothing on the bus concerns one: read
                 # (and skip) in gulps, a few fetches a second instead of hundreds. An app
                 # installed meanwhile is routed from the next read on.
-                if self._subscription is not None:
-                    await self._subscription.rest(IDLE_PAUSE)
-                else:
-                    await asyncio.sleep(IDLE_PAUSE)
+                await self._opened().subscription.rest(IDLE_PAUSE)
 
     async def _scan_loop(self) -> None:
         signal = waker(self.store)
