@@ -5,6 +5,7 @@ effect for the next command. The transport is a recording stub (the seam)."""
 from __future__ import annotations
 
 import asyncio
+import os
 import struct
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from fleetcloud.commands.core.models import CommandStatus
 from fleetcloud.commands.delivery import Delivery, SettingsCache, TransportError, save_settings
 from fleetcloud.commands.lifecycle import StoredCommand
 from fleetcloud.commands.parsers import compact_sensor
-from fleetcloud.commands.runner import ParserRunner
+from fleetcloud.commands.runner import IN_PROCESS_BYTES, ParserError, ParserRunner
 from fleetcloud.commands.scripts import ParserLibrary, Script, digest, put_script
 from fleetcloud.commands.tracker import CommandTracker
 from fleetcloud.platform import Platform
@@ -220,3 +221,41 @@ async def test_a_hanging_or_crashing_script_spares_the_calls_batched_with_it() -
     assert [r for i, r in enumerate(results) if i not in (5, 12)] == [
         n.to_bytes(2, "big") for n in range(20) if n not in (5, 12)
     ]
+
+
+PID_SCRIPT = (
+    "import os\n"
+    "def format_command(command, config):\n"
+    "    return str(os.getpid()).encode()\n"
+    "def parse(payload, metadata, config):\n"
+    "    return {'pid': os.getpid(), 'size': len(payload)}\n"
+)
+
+
+async def test_shipped_scripts_run_in_the_server_others_in_a_worker() -> None:
+    shipped = Script("pid.py", digest(PID_SCRIPT), PID_SCRIPT, "builtin")
+    uploaded = Script("pid.py", digest(PID_SCRIPT), PID_SCRIPT, "upload")
+    here = os.getpid()
+    async with ParserRunner(workers=1) as runner:
+        assert await runner.format_command(shipped, {}, {}) == str(here).encode()
+        assert await runner.format_command(uploaded, {}, {}) != str(here).encode()
+        small = await runner.parse(shipped, b"x" * IN_PROCESS_BYTES, {}, {})
+        assert small == {"pid": here, "size": IN_PROCESS_BYTES}
+        large = await runner.parse(shipped, b"x" * (IN_PROCESS_BYTES + 1), {}, {})
+        assert large["pid"] != here  # a large uplink goes to a worker, under its time limit
+        assert large["size"] == IN_PROCESS_BYTES + 1
+
+
+@pytest.mark.parametrize(
+    "ref", ["no_function.py", "raises.py", "returns_none.py", "returns_text.py", "bad_import.py"]
+)
+async def test_a_failing_shipped_script_fails_as_it_would_in_a_worker(ref: str) -> None:
+    source = str(FAILURES[ref])
+    reasons = []
+    async with ParserRunner(workers=1) as runner:
+        for origin in ("builtin", "upload"):
+            with pytest.raises(ParserError) as failed:
+                await runner.format_command(Script(ref, digest(source), source, origin), {}, {})
+            reasons.append(failed.value.message)
+    assert reasons[0] == reasons[1]
+    assert reasons[0].startswith(REASONS[ref])

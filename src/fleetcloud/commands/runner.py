@@ -9,6 +9,12 @@ fails its call with a ``ParserError`` saying why. A child that hangs past the li
 its batch or dies (a segfault, the memory cap) is killed and replaced; the calls of that
 batch are then run again one at a time, so only the culprit fails. The answer from a
 child is JSON plus raw bytes — never unpickled.
+
+The scripts fleetcloud ships (origin ``"builtin"``) are its own code, not a user's: they
+run here, in the calling process, checked the same way but with no round trip (and no
+time limit: their work is a pass over their input). An uplink larger than
+``IN_PROCESS_BYTES`` still goes to a worker, so a huge payload cannot hold up the event
+loop.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from typing import Any
 import orjson
 
 from fleetcloud.commands.scripts import Script
-from fleetcloud.commands.worker import HEADER, encode_frame
+from fleetcloud.commands.worker import HEADER, Worker, encode_frame
 from fleetcloud.core.errors import FleetError
 
 log = logging.getLogger("fleetcloud.commands.runner")
@@ -32,6 +38,7 @@ log = logging.getLogger("fleetcloud.commands.runner")
 GRACE = 1.0  # seconds past a batch's time limits before its worker is killed
 START_TIMEOUT = 30.0
 BATCH = 64  # calls per frame at most
+IN_PROCESS_BYTES = 64 * 1024  # a shipped script's uplink above this goes to a worker
 
 
 class ParserError(FleetError):
@@ -107,6 +114,7 @@ class ParserRunner:
         self._children: set[_Child] = set()
         self._group: asyncio.TaskGroup | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._here = Worker()  # runs the shipped scripts in this process
 
     async def start(self) -> None:
         children = await asyncio.wait_for(
@@ -165,14 +173,23 @@ class ParserRunner:
     ) -> tuple[dict[str, Any], bytes]:
         if self._group is None:
             raise ParserError("the parser runner is not running")
+        if script.origin == "builtin" and len(blob) <= IN_PROCESS_BYTES:
+            request = {**request, "sha": script.sha256, "ref": script.ref, "source": script.source}
+            answer, data = self._here.handle_untimed(request, blob)
+        else:
+            answer, data = await self._in_worker(script, request, blob)
+        if not answer.get("ok"):
+            raise ParserError(f"parser {script.ref}: {answer.get('error', 'failed')}")
+        return answer, data
+
+    async def _in_worker(
+        self, script: Script, request: dict[str, Any], blob: bytes
+    ) -> tuple[dict[str, Any], bytes]:
         future: asyncio.Future[tuple[dict[str, Any], bytes]] = (
             asyncio.get_running_loop().create_future()
         )
         self._calls.put_nowait(_Call(script, request, blob, future))
-        answer, data = await future
-        if not answer.get("ok"):
-            raise ParserError(f"parser {script.ref}: {answer.get('error', 'failed')}")
-        return answer, data
+        return await future
 
     # ------------------------------------------------------------ the workers
 

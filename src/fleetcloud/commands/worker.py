@@ -116,6 +116,14 @@ class Worker:
         except Exception as exc:
             return {"ok": False, "error": f"raised {type(exc).__name__}: {exc}"}, b""
 
+    def handle_untimed(self, header: dict[str, Any], blob: bytes) -> tuple[dict[str, Any], bytes]:
+        """``handle`` without the time limit: for fleetcloud's own scripts, run in the
+        server (``runner.ParserRunner``), where no signal may interrupt the event loop."""
+        try:
+            return self._run(header, blob)
+        except Exception as exc:
+            return {"ok": False, "error": f"raised {type(exc).__name__}: {exc}"}, b""
+
     def _run(self, header: dict[str, Any], blob: bytes) -> tuple[dict[str, Any], bytes]:
         module = self.module(header)
         if module is None:
