@@ -23,6 +23,7 @@ from fleetcloud.commands.parsers import compact_sensor
 from fleetcloud.connectors import mqtt, topics
 from fleetcloud.connectors.mosquitto import enroll_token
 from fleetcloud.connectors.mqtt import MqttConnector, MqttOptions
+from fleetcloud.connectors.paho_speedups import Publisher
 from fleetcloud.platform import Platform
 from fleetcloud.store import channels as channel_repo
 from tests.commands_kit import DEADLINE, CommandReads, eventually
@@ -287,6 +288,33 @@ async def test_a_burst_for_one_device_arrives_in_order_and_each_is_delivered(rig
     statuses = {await rig.status(request_id) for request_id in ids}
     assert statuses == {"DELIVERED"}
     assert reader.acknowledged >= len(ids)  # the broker's PUBACKs, taken by the reader
+    connection = rig.connector.connection
+    assert connection is not None
+    assert connection.publisher is not None, "the connector's publisher did not take over"
+    assert connection.publisher.waiting == {}  # each publish settled by its PUBACK
+
+
+async def test_the_publisher_settles_each_publish_when_the_broker_has_it(rig: Rig) -> None:
+    device, token = rig.tenant.device_id, rig.tenant.device_token
+    topic = topics.uplink_topic(device, "publisher")
+    async with device_client(rig.port, device, token) as client:
+        publisher = Publisher(client, asyncio.get_running_loop())
+        assert publisher.install()
+        at_qos1 = [publisher.publish(topic, b'{"n": %d}' % n, 1, False) for n in range(50)]
+        assert not any(future.done() for future in at_qos1)  # each waits for its PUBACK
+        assert len(publisher.waiting) == 50
+        await asyncio.wait_for(asyncio.gather(*at_qos1), DEADLINE)
+        assert publisher.waiting == {}
+        await asyncio.wait_for(publisher.publish(topic, b'{"n": 50}', 0, False), DEADLINE)
+        await client.publish(topic, b'{"n": 51}', qos=1, timeout=DEADLINE)  # aiomqtt's own
+    with pytest.raises(aiomqtt.MqttCodeError):  # the connection is gone
+        await publisher.publish(topic, b'{"n": 52}', 1, False)
+
+    async def stored() -> list[Any]:
+        data = await _channel_data(rig.platform, device, "publisher")
+        return data if len(data) == 52 else []
+
+    assert [item["n"] for item in await eventually(stored)] == list(range(52))
 
 
 async def test_broker_restart_during_a_burst_keeps_order_and_leaves_none_behind(

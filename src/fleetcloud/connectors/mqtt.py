@@ -49,7 +49,7 @@ from fleetcloud.commands.runner import ParserError
 from fleetcloud.commands.service import command_topic_from_env
 from fleetcloud.connectors import topics
 from fleetcloud.connectors.base import Committer, Connector
-from fleetcloud.connectors.paho_speedups import Reader, skip_topic_filters
+from fleetcloud.connectors.paho_speedups import Publisher, Reader, skip_topic_filters
 from fleetcloud.core.errors import ApiError, BusError, ConfigError, FleetError
 from fleetcloud.core.types import Event
 from fleetcloud.platform import Platform
@@ -164,9 +164,19 @@ class Inbound:
 @dataclass(eq=False)
 class Connection:
     client: aiomqtt.Client
+    publisher: Publisher | None = None
     lost: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
+
+    def publish(self, topic: str, data: bytes, qos: int, retain: bool) -> asyncio.Future[Any]:
+        """Start a publish; the future settles with the broker's PUBACK (QoS 1) or the
+        write (QoS 0). Its wait is the caller's to bound (``PUBLISH_TIMEOUT``)."""
+        if self.publisher is not None:
+            return self.publisher.publish(topic, data, qos, retain)
+        return asyncio.ensure_future(
+            self.client.publish(topic, data, qos=qos, retain=retain, timeout=PUBLISH_TIMEOUT)
+        )
 
 
 class MqttConnector(Connector):
@@ -407,12 +417,7 @@ class MqttConnector(Connector):
         request_id = launch.command.request_id
         launch.flight = self.flights[request_id] = Flight(launch.command)
         launch.connection = connection
-        launch.publish = asyncio.ensure_future(
-            connection.client.publish(
-                launch.topic, launch.data, qos=launch.qos, retain=launch.retain,
-                timeout=PUBLISH_TIMEOUT,
-            )
-        )  # fmt: skip
+        launch.publish = connection.publish(launch.topic, launch.data, launch.qos, launch.retain)
         queue.window.append(launch)
         return True
 
@@ -428,14 +433,18 @@ class MqttConnector(Connector):
         assert launch.publish is not None
         assert launch.connection is not None
         lost = launch.connection.lost
-        await asyncio.wait((launch.publish, lost), return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(
+            (launch.publish, lost), timeout=PUBLISH_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
+        )
         if _settled(launch):
             self._landed(queue.window.popleft())
             return
         if launch.publish.done() and not launch.publish.cancelled():  # it failed
             log.info("publish to %s failed: %r", launch.topic, launch.publish.exception())
-        else:
+        elif lost.done():
             log.info("publish to %s cut off: the connection was lost", launch.topic)
+        else:
+            log.info("publish to %s: no PUBACK in %g s", launch.topic, PUBLISH_TIMEOUT)
         for pending in queue.window:
             self._drop(pending)
         queue.again.extendleft(reversed(queue.window))
@@ -525,19 +534,25 @@ class MqttConnector(Connector):
     async def _publish(
         self, connection: Connection, topic: str, data: bytes, qos: int, retain: bool
     ) -> bool:
-        """Publish and wait for the broker (QoS ≥ 1); False if the connection failed."""
-        publish = asyncio.ensure_future(
-            connection.client.publish(topic, data, qos=qos, retain=retain, timeout=PUBLISH_TIMEOUT)
-        )
+        """Publish and wait for the broker (QoS ≥ 1); False if the connection failed (or
+        the broker did not answer in ``PUBLISH_TIMEOUT``)."""
+        publish = connection.publish(topic, data, qos, retain)
         try:
-            await asyncio.wait((publish, connection.lost), return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                (publish, connection.lost),
+                timeout=PUBLISH_TIMEOUT,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
         finally:
             if not publish.done():
                 publish.cancel()
             with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
                 await publish
         if publish.cancelled():
-            log.info("publish to %s cut off: the connection was lost", topic)
+            if connection.lost.done():
+                log.info("publish to %s cut off: the connection was lost", topic)
+            else:
+                log.info("publish to %s: no PUBACK in %g s", topic, PUBLISH_TIMEOUT)
             return False
         error = publish.exception()
         if error is not None:
@@ -573,7 +588,8 @@ class MqttConnector(Connector):
                     reader = Reader(client, asyncio.get_running_loop(), self._file)
                     self._reader = reader if reader.install() else None
                     skip_topic_filters(client._client)
-                    connection = Connection(client)
+                    publisher = Publisher(client, asyncio.get_running_loop())
+                    connection = Connection(client, publisher if publisher.install() else None)
                     subscriptions = [(t, 1) for t in topics.subscriptions(self.options.prefix)]
                     await client.subscribe(subscriptions)
                     self._connected(connection)

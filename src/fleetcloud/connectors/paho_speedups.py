@@ -1,4 +1,4 @@
-"""Speed-ups for the connector's paho-mqtt client (its uplink hot path).
+"""Speed-ups for the connector's paho-mqtt client (its uplink and command hot paths).
 
 paho reads every packet with at least three ``recv`` calls (the command byte, the length
 bytes one by one, the body), builds an ``MQTTMessage`` for each publish, and aiomqtt then
@@ -19,11 +19,15 @@ connector's time. ``Reader`` takes over the reading side of one connected client
 - ``pause`` stops reading the socket (the broker then holds what comes, or drops QoS 0
   messages past its limits) and ``resume`` starts again: the connector's backpressure.
 
+``Publisher`` takes over the publishing side: a command's publish is paho's ``publish``
+and one future settled by paho's ``on_publish``, instead of an aiomqtt coroutine with an
+event, a task and a timer for each message.
+
 ``skip_topic_filters`` replaces the client's per-topic callback table, which paho walks
 for every message, with an empty one, when nothing is registered in it (the connector
 never registers per-topic callbacks).
 
-Both touch the instances only when they are what this module expects (paho 2.x with MQTT
+They touch the instances only when they are what this module expects (paho 2.x with MQTT
 3.1.1 over plain TCP, aiomqtt 2.x); otherwise they leave the client alone and say so.
 """
 
@@ -267,3 +271,55 @@ class Reader:
         if buffer:  # more complete packets wait in the buffer: come back soon
             self.loop.call_soon(self._readable)
         return SUCCESS
+
+
+class Publisher:
+    """Publishes on one connected aiomqtt client, each settled by a future of its own.
+
+    aiomqtt's ``publish`` is a coroutine that, for every QoS 1 message, makes an
+    ``asyncio.Event``, registers it and waits for it under ``asyncio.wait_for`` (a task
+    and a timer each); the connector then needs a task of its own to keep several
+    publishes in flight. Here a publish is paho's ``publish`` and one future, settled by
+    paho's ``on_publish`` — the PUBACK, or for QoS 0 the write — whichever path (``Reader``
+    or paho) read the acknowledgement. There is no time limit per publish: the caller
+    bounds its wait. A connection's publisher goes with it; futures still waiting when
+    the connection is lost are the caller's to give up (it waits on the loss too)."""
+
+    def __init__(self, client: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self.client = client
+        self.paho = client._client
+        self.loop = loop
+        self.waiting: dict[int, asyncio.Future[None]] = {}
+        self._passed_on: Callable[..., None] | None = None
+
+    def install(self) -> bool:
+        """Take over ``on_publish``; False (and the client untouched) if it is not as
+        expected."""
+        passed_on = getattr(self.paho, "on_publish", None)
+        if not callable(passed_on) or not callable(getattr(self.paho, "publish", None)):
+            log.info("MQTT client: publishing through aiomqtt")
+            return False
+        self._passed_on = passed_on  # aiomqtt's, for publishes made through it
+        self.paho.on_publish = self._on_publish
+        return True
+
+    def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = self.loop.create_future()
+        info = self.paho.publish(topic, payload, qos, retain)
+        if info.rc != SUCCESS:
+            from aiomqtt import MqttCodeError
+
+            future.set_exception(MqttCodeError(info.rc, "Could not publish message"))
+        elif info.is_published():  # QoS 0, written already (on_publish came first)
+            future.set_result(None)
+        else:
+            self.waiting[info.mid] = future
+        return future
+
+    def _on_publish(self, client: Any, userdata: Any, mid: int, *settled: Any) -> None:
+        future = self.waiting.pop(mid, None)
+        if future is None:
+            if self._passed_on is not None:
+                self._passed_on(client, userdata, mid, *settled)
+        elif not future.done():
+            future.set_result(None)
