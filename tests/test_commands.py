@@ -63,6 +63,8 @@ def test_a_command_gets_an_id_and_a_time() -> None:
         ({"parser_script_ref": "../etc/passwd"}, "parser_script_ref"),
         ({"payload": [1, 2]}, "payload"),
         ({"metadata": {"topic": "devices/#"}}, "metadata.topic"),
+        ({"metadata": {"topic": "a\x00b"}}, "metadata.topic"),
+        ({"metadata": {"topic": "t" * 65_536}}, "metadata.topic"),
         ({"metadata": {"topic": "t", "qos": 5}}, "metadata.qos"),
         ({"metadata": {"topic": "t", "retain": "yes"}}, "metadata.retain"),
         ({"metadata": {"ack": "sometimes"}}, "metadata.ack"),

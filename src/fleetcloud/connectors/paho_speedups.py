@@ -305,7 +305,11 @@ class Publisher:
 
     def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> asyncio.Future[None]:
         future: asyncio.Future[None] = self.loop.create_future()
-        info = self.paho.publish(topic, payload, qos, retain)
+        try:
+            info = self.paho.publish(topic, payload, qos, retain)
+        except ValueError as exc:  # a topic or payload MQTT cannot carry
+            future.set_exception(exc)
+            return future
         if info.rc != SUCCESS:
             from aiomqtt import MqttCodeError
 

@@ -24,6 +24,7 @@ from fleetcloud.core.errors import ValidationFailed
 REF_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
 COMMAND_TYPE_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,63}$"
 MAX_REQUEST_ID = 128
+MAX_TOPIC_BYTES = 65_535  # an MQTT topic name's length is a 16-bit number
 ACK_MODES = ("device", "broker", "none")
 
 
@@ -160,9 +161,17 @@ def check_metadata(protocol: str, metadata: dict[str, Any]) -> None:
 def _check_mqtt(metadata: dict[str, Any]) -> None:
     topic = metadata.get("topic")
     if topic is not None and (
-        not isinstance(topic, str) or not topic or "#" in topic or "+" in topic
+        not isinstance(topic, str)
+        or not topic
+        or "#" in topic
+        or "+" in topic
+        or "\x00" in topic
+        or len(topic.encode()) > MAX_TOPIC_BYTES
     ):
-        raise ValueError("metadata.topic must be a non-empty MQTT topic without wildcards")
+        raise ValueError(
+            "metadata.topic must be a non-empty MQTT topic without wildcards or NUL "
+            f"characters, at most {MAX_TOPIC_BYTES:,} bytes"
+        )
     qos = metadata.get("qos")
     if qos is not None and (isinstance(qos, bool) or qos not in (0, 1, 2)):
         raise ValueError("metadata.qos must be 0, 1 or 2")
