@@ -307,6 +307,8 @@ async def test_the_publisher_settles_each_publish_when_the_broker_has_it(rig: Ri
         assert publisher.waiting == {}
         await asyncio.wait_for(publisher.publish(topic, b'{"n": 50}', 0, False), DEADLINE)
         await client.publish(topic, b'{"n": 51}', qos=1, timeout=DEADLINE)  # aiomqtt's own
+        with pytest.raises(ValueError, match="topic"):  # paho refuses it: the future says so
+            await publisher.publish("a/#", b"{}", 1, False)
     with pytest.raises(aiomqtt.MqttCodeError):  # the connection is gone
         await publisher.publish(topic, b'{"n": 52}', 1, False)
 
