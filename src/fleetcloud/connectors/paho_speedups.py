@@ -286,7 +286,6 @@ class Publisher:
     the connection is lost are the caller's to give up (it waits on the loss too)."""
 
     def __init__(self, client: Any, loop: asyncio.AbstractEventLoop) -> None:
-        self.client = client
         self.paho = client._client
         self.loop = loop
         self.waiting: dict[int, asyncio.Future[None]] = {}
