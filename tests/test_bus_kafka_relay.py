@@ -15,6 +15,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from fleetcloud.bus import kafka
 from fleetcloud.bus.base import Subscription
 from fleetcloud.bus.kafka import RECORD_BYTES, KafkaBus, decode_record, encode_records
 from fleetcloud.core.errors import BusError
@@ -461,3 +462,35 @@ async def broker_on(port: int) -> AsyncIterator[str]:
         yield url
     finally:
         await asyncio.to_thread(manager.__exit__, None, None, None)
+
+
+async def test_a_relay_that_does_not_give_way_cannot_hold_the_close(
+    store: SqliteStore, bootstrap: str, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    monkeypatch.setattr(kafka, "RELAY_STOP_TIMEOUT", 0.5)
+    monkeypatch.setattr(kafka, "FINAL_DRAIN_TIMEOUT", 0.5)
+    bus = KafkaBus(store, bootstrap)
+    await bus.start()
+    inside, released = asyncio.Event(), asyncio.Event()
+
+    async def swallows_its_cancellation() -> None:  # a client call that does not give way
+        inside.set()
+        while not released.is_set():
+            with contextlib.suppress(asyncio.CancelledError):
+                await released.wait()
+        raise asyncio.CancelledError  # let go at last
+
+    monkeypatch.setattr(bus, "_relay_due", swallows_its_cancellation)
+    relay = bus._relay
+    assert relay is not None
+    try:
+        bus._wakeup.set()
+        await asyncio.wait_for(inside.wait(), QUIET * 10)
+        await asyncio.wait_for(bus.close(), 5.0)  # it would wait for the relay forever
+        assert not relay.done()
+        assert "not stopped 0.5 s after it was cancelled" in caplog.text
+        assert "swallows_its_cancellation" in caplog.text  # where it was stuck
+    finally:
+        released.set()
+        await asyncio.wait({relay}, timeout=5.0)
+    assert relay.cancelled()

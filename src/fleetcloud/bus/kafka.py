@@ -69,6 +69,7 @@ POLL_INTERVAL = 1.0  # seconds between relay passes when no local commit wakes i
 BACKOFF_MIN = 0.1
 BACKOFF_MAX = 5.0
 FINAL_DRAIN_TIMEOUT = 5.0
+RELAY_STOP_TIMEOUT = 10.0
 DELETE_CHUNK = 500
 MAX_RECORDS = 5_000  # events per next_batch at most
 WAIT_SLICE_MS = 1_000  # next_batch(None) waits in slices this long
@@ -95,6 +96,20 @@ CONSUMER_OPTIONS: dict[str, Any] = {
     "max_poll_interval_ms": 300_000,
     "request_timeout_ms": 10_000,
 }
+
+
+def _awaiting(task: asyncio.Task[Any]) -> str:
+    """Where ``task`` waits: its chain of awaited coroutines, outermost first."""
+    where: list[str] = []
+    awaited: Any = task.get_coro()
+    while awaited is not None and len(where) < 50:
+        frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+        if frame is None:
+            where.append(type(awaited).__name__)
+            break
+        where.append(f"{frame.f_code.co_qualname} ({frame.f_code.co_filename}:{frame.f_lineno})")
+        awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+    return " → ".join(where)
 
 
 def _bus_error(action: str, exc: BaseException) -> BusError:
@@ -368,12 +383,21 @@ class KafkaBus(Bus):
         await self._stop_clients()
 
     async def _stop_relay(self) -> None:
-        if self._relay is None:
+        """Cancel the relay and wait ``RELAY_STOP_TIMEOUT`` at most for it to end (a
+        client call that does not give way must not hold the close forever), then relay
+        what is left, within ``FINAL_DRAIN_TIMEOUT``."""
+        relay, self._relay = self._relay, None
+        if relay is None:
             return
-        self._relay.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._relay
-        self._relay = None
+        relay.cancel()
+        stopped, _ = await asyncio.wait({relay}, timeout=RELAY_STOP_TIMEOUT)
+        if not stopped:
+            log.warning(
+                "kafka relay: not stopped %g s after it was cancelled; closing without "
+                "waiting for it. It was in: %s",
+                RELAY_STOP_TIMEOUT,
+                _awaiting(relay),
+            )
         try:
             await asyncio.wait_for(self.drain(), FINAL_DRAIN_TIMEOUT)
         except Exception as exc:  # the rows stay in the outbox for the next start
